@@ -1,0 +1,1 @@
+"""Event-driven e-commerce KPI pipeline: validation and KPI Spark jobs and their shared code."""

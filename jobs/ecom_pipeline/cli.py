@@ -1,0 +1,205 @@
+"""The ``ecom-pipeline`` command: the jobs' entry points and the local tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ecom_pipeline import logs
+from ecom_pipeline.contract import DATASETS, ExitCode
+
+log = logging.getLogger("ecom_pipeline")
+
+
+def _add_aws_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bucket", help="S3 bucket (default: $PIPELINE_BUCKET)")
+    parser.add_argument(
+        "--endpoint-url", help="AWS endpoint, e.g. an emulator (default: $AWS_ENDPOINT_URL)"
+    )
+    parser.add_argument("--region", help="AWS region (default: $AWS_REGION or us-east-1)")
+    parser.add_argument("--category-table", help="category KPI table (default: $CATEGORY_TABLE)")
+    parser.add_argument("--order-table", help="order KPI table (default: $ORDER_TABLE)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="local scratch folder (default: $PIPELINE_WORK_DIR)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecom-pipeline",
+        description=(
+            "E-commerce KPI pipeline: Great Expectations validation and windowed KPIs in PySpark."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser(
+        "generate", help="write a synthetic batch (products, orders, order_items)"
+    )
+    generate.add_argument("--out", type=Path, required=True)
+    generate.add_argument("--orders", type=int, required=True)
+    generate.add_argument("--seed", type=int, default=7)
+    generate.add_argument("--start", type=date.fromisoformat, default=date(2025, 3, 8))
+    generate.add_argument("--days", type=int, default=31)
+    generate.add_argument("--parts", type=int, default=1)
+    generate.add_argument("--products", type=int, default=None)
+
+    validate = commands.add_parser(
+        "validate", help="validation job: one dataset of one batch (container entry point)"
+    )
+    validate.add_argument("--batch-id", required=True)
+    validate.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    _add_aws_arguments(validate)
+
+    kpis = commands.add_parser(
+        "compute-kpis",
+        help="KPI job: merge a validated batch and write KPIs (container entry point)",
+    )
+    kpis.add_argument("--batch-id", required=True)
+    _add_aws_arguments(kpis)
+
+    local = commands.add_parser(
+        "run-local", help="run batch folders end to end on emulated AWS and local Spark"
+    )
+    local.add_argument("batch_dirs", nargs="+", type=Path, metavar="BATCH_DIR")
+    local.add_argument("--export", type=Path, required=True, metavar="OUT")
+
+    demo = commands.add_parser(
+        "demo", help="generate a sample, run it end to end, print the KPI tables"
+    )
+    demo.add_argument("--out", type=Path, default=Path("demo-out"))
+    demo.add_argument("--orders", type=int, default=3000)
+    demo.add_argument("--seed", type=int, default=7)
+    return parser
+
+
+def _config(args: argparse.Namespace):  # noqa: ANN202 - imported lazily with its job
+    from ecom_pipeline.aws import AwsSettings
+    from ecom_pipeline.config import PipelineConfig
+
+    env = AwsSettings.from_env()
+    aws = AwsSettings(
+        region=args.region or env.region, endpoint_url=args.endpoint_url or env.endpoint_url
+    )
+    return PipelineConfig.from_env(
+        bucket=args.bucket,
+        aws=aws,
+        category_table=args.category_table,
+        order_table=args.order_table,
+        work_dir=args.work_dir,
+    )
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ecom_pipeline.spark import get_spark
+    from ecom_pipeline.validation import validate_dataset
+
+    config = _config(args)
+    report = validate_dataset(
+        get_spark(f"validate-{args.dataset}"), config, args.batch_id, args.dataset
+    )
+    print(json.dumps(report.as_dict(), default=str))
+    for message in report.messages():
+        print(message, file=sys.stderr)
+    return ExitCode.OK if report.success else ExitCode.DATA_REJECTED
+
+
+def _compute_kpis(args: argparse.Namespace) -> int:
+    from ecom_pipeline.kpi_job import compute_kpis
+    from ecom_pipeline.spark import get_spark
+
+    report = compute_kpis(get_spark("compute-kpis"), _config(args), args.batch_id)
+    print(json.dumps(report.__dict__, default=str))
+    return ExitCode.OK
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from ecom_pipeline.generator import generate
+
+    summary = generate(
+        args.out,
+        args.orders,
+        seed=args.seed,
+        start=args.start,
+        days=args.days,
+        parts=args.parts,
+        products=args.products,
+    )
+    print(
+        f"wrote {summary.products} products, {summary.orders} orders, "
+        f"{summary.order_items} order items in {len(summary.files)} files to {summary.out_dir}"
+    )
+    return ExitCode.OK
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    from ecom_pipeline.run_local import run_local
+
+    summary = run_local(args.batch_dirs, args.export)
+    _print_summary(summary)
+    return ExitCode.OK if summary.success else ExitCode.DATA_REJECTED
+
+
+def _print_summary(summary) -> None:  # noqa: ANN001
+    for outcome in summary.outcomes:
+        print(f"batch {outcome.batch_id}: {outcome.notice['status']}")
+    out = summary.out_dir
+    print(f"exported {summary.exported} to {out}; notices in {out / 'notifications.jsonl'}")
+    print(f"Data Docs: {out / 'data_docs'}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ecom_pipeline.generator import generate
+    from ecom_pipeline.report import print_tables
+    from ecom_pipeline.run_local import run_local
+
+    sample = args.out / "sample"
+    summary = generate(sample, args.orders, seed=args.seed, parts=2)
+    print(f"generated {summary.orders} orders and {summary.order_items} items in {sample}")
+    result = run_local([sample], args.out)
+    print_tables(args.out)
+    _print_summary(result)
+    index = sorted((args.out / "data_docs").rglob("index.html"))
+    for page in index:
+        print(f"open {page}")
+    return ExitCode.OK if result.success else ExitCode.DATA_REJECTED
+
+
+HANDLERS = {
+    "generate": _generate,
+    "validate": _validate,
+    "compute-kpis": _compute_kpis,
+    "run-local": _run_local,
+    "demo": _demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure()
+    logs.bind(command=args.command)
+    try:
+        return int(HANDLERS[args.command](args))
+    except (ClientError, BotoCoreError) as e:
+        log.exception("AWS call failed", extra={"event": "dependency_error"})
+        print(f"error: AWS call failed: {e}", file=sys.stderr)
+        return ExitCode.DEPENDENCY
+    except (ValueError, FileNotFoundError) as e:
+        log.exception("rejected", extra={"event": "rejected"})
+        print(f"error: {e}", file=sys.stderr)
+        return ExitCode.DATA_REJECTED
+    except Exception as e:
+        log.exception("unexpected failure", extra={"event": "unexpected_error"})
+        print(f"error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        return ExitCode.UNEXPECTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Reading a dataset's CSV files and turning text into typed, checkable columns.
+
+Every column is read as text first, so a value that does not parse is kept (in a
+``<column>__unparsable`` column) and counted by validation instead of silently becoming null.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    DataType,
+    DateType,
+    DecimalType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from ecom_pipeline.contract import (
+    MONEY_PRECISION,
+    MONEY_SCALE,
+    PARSE_PATTERNS,
+    Dataset,
+    Kind,
+)
+
+SOURCE_FILE = "__source_file"
+MALFORMED_ROW = "__malformed_row"
+UNPARSABLE_SUFFIX = "__unparsable"
+_CORRUPT = "_corrupt_record"
+
+SPARK_TYPES: dict[Kind, DataType] = {
+    Kind.ID: LongType(),
+    Kind.INT: IntegerType(),
+    Kind.MONEY: DecimalType(MONEY_PRECISION, MONEY_SCALE),
+    Kind.TIMESTAMP: TimestampType(),
+    Kind.TEXT: StringType(),
+    Kind.STATUS: StringType(),
+}
+PARSED_KINDS = (Kind.ID, Kind.INT, Kind.MONEY, Kind.TIMESTAMP)
+
+
+def unparsable_column(name: str) -> str:
+    return f"{name}{UNPARSABLE_SUFFIX}"
+
+
+def typed_schema(dataset: Dataset, *, with_order_date: bool = False) -> StructType:
+    """The Spark schema of accepted rows (as kept in staging and the curated store)."""
+    fields = [StructField(c.name, SPARK_TYPES[c.kind], nullable=True) for c in dataset.columns]
+    if with_order_date:
+        fields.append(StructField("order_date", DateType(), nullable=True))
+    return StructType(fields)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file of a batch: where it is on local disk and how people know it (its S3 key)."""
+
+    local_path: Path
+    name: str
+
+
+class HeaderError(ValueError):
+    """A file whose first line cannot be read as a CSV header."""
+
+
+def read_header(path: Path) -> list[str]:
+    """The column names of a CSV file's header row ([] for an empty file).
+
+    Reads only the first record, decoding as UTF-8 with or without a BOM.
+    """
+    with path.open("rb") as raw:
+        head = raw.read(1 << 16)
+    if not head:
+        return []
+    text = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
+    try:
+        decoded = text.decode(head, final=False)
+    except UnicodeDecodeError as e:
+        raise HeaderError(f"{path.name}: header is not UTF-8 text ({e.reason})") from e
+    first_record = next(csv.reader(decoded.splitlines()), [])
+    return [name.strip() for name in first_record]
+
+
+def read_raw(spark: SparkSession, files: Sequence[DataFile]) -> DataFrame:
+    """All files of one dataset as text columns, named after each file's own header.
+
+    Files may order their columns differently; they are read per header and unioned by name.
+    Rows whose field count does not match the header keep their raw text in ``__malformed_row``.
+    """
+    by_header: dict[tuple[str, ...], list[DataFile]] = {}
+    for data_file in files:
+        header = tuple(read_header(data_file.local_path))
+        by_header.setdefault(header, []).append(data_file)
+    frames = []
+    for header, group in by_header.items():
+        if not header:
+            continue
+        schema = StructType(
+            [StructField(name, StringType()) for name in header]
+            + [StructField(_CORRUPT, StringType())]
+        )
+        names = F.create_map(
+            *[part for f in group for part in (F.lit(str(f.local_path.resolve())), F.lit(f.name))]
+        )
+        # Spark reports file:/path or file:///path, percent-encoded; compare plain paths.
+        local_path = F.url_decode(F.regexp_replace(F.col("_metadata.file_path"), "^file:(//)?", ""))
+        frame = (
+            spark.read.schema(schema)
+            .option("header", True)
+            .option("multiLine", True)
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", _CORRUPT)
+            .option("encoding", "UTF-8")
+            .csv([str(f.local_path) for f in group])
+            .withColumn(
+                SOURCE_FILE,
+                F.coalesce(names[local_path], F.regexp_extract(local_path, r"([^/]+)$", 1)),
+            )
+            .withColumnRenamed(_CORRUPT, MALFORMED_ROW)
+        )
+        frames.append(frame)
+    if not frames:
+        return spark.createDataFrame(
+            [],
+            StructType(
+                [StructField(SOURCE_FILE, StringType()), StructField(MALFORMED_ROW, StringType())]
+            ),
+        )
+    result = frames[0]
+    for frame in frames[1:]:
+        result = result.unionByName(frame, allowMissingColumns=True)
+    return result
+
+
+def _parse(raw: Column, kind: Kind) -> Column:
+    text = F.trim(raw)
+    if kind in (Kind.TEXT,):
+        return F.when(text != "", raw)
+    if kind is Kind.STATUS:
+        return F.when(text != "", F.lower(text))
+    return F.when(text.rlike(PARSE_PATTERNS[kind]), text.try_cast(SPARK_TYPES[kind]))
+
+
+def to_checkable(raw: DataFrame, dataset: Dataset) -> DataFrame:
+    """Typed contract columns plus the diagnostic columns the validation suite checks.
+
+    - a contract column present in the raw frame becomes its typed value (null when empty or
+      unparsable); absent contract columns stay absent, so the column-set rule names them;
+    - ``<column>__unparsable`` keeps the original text of values that do not parse (always
+      present for parsed kinds, null when the column is absent);
+    - columns the contract does not know are kept as text, so the column-set rule names them;
+    - a malformed row (wrong field count) keeps only ``__malformed_row``: its fields are not
+      trusted, so it is reported once, by that rule, and not again by every column rule.
+    """
+    well_formed = F.col(MALFORMED_ROW).isNull()
+    selected: list[Column] = []
+    for column in dataset.columns:
+        if column.name in raw.columns:
+            raw_value = F.col(column.name)
+            parsed = _parse(raw_value, column.kind)
+            selected.append(F.when(well_formed, parsed).alias(column.name))
+            if column.kind in PARSED_KINDS:
+                bad_text = F.when(
+                    well_formed & (F.trim(raw_value) != "") & parsed.isNull(), raw_value
+                )
+                selected.append(bad_text.alias(unparsable_column(column.name)))
+        elif column.kind in PARSED_KINDS:
+            selected.append(F.lit(None).cast(StringType()).alias(unparsable_column(column.name)))
+    known = set(dataset.column_names) | {SOURCE_FILE, MALFORMED_ROW}
+    extra = [F.col(name) for name in raw.columns if name not in known]
+    return raw.select(*selected, *extra, F.col(SOURCE_FILE), F.col(MALFORMED_ROW))
+
+
+def expected_checkable_columns(dataset: Dataset) -> list[str]:
+    """The exact column set of a checkable frame built from a file with the right header."""
+    names = []
+    for column in dataset.columns:
+        names.append(column.name)
+        if column.kind in PARSED_KINDS:
+            names.append(unparsable_column(column.name))
+    return [*names, SOURCE_FILE, MALFORMED_ROW]
+
+
+def accepted(checkable: DataFrame, dataset: Dataset) -> DataFrame:
+    """The typed contract columns of a frame that passed validation."""
+    return checkable.select(
+        *[F.col(c.name).cast(SPARK_TYPES[c.kind]).alias(c.name) for c in dataset.columns]
+    )
+
+
+def with_order_date(rows: DataFrame, created_at: str = "created_at") -> DataFrame:
+    """Add ``order_date``, the UTC date of the order's creation."""
+    return rows.withColumn("order_date", F.to_date(F.col(created_at)))

@@ -1,0 +1,80 @@
+"""Structured logs: one JSON object a line, so CloudWatch Logs Insights can filter on any field."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+_context: dict[str, Any] = {}
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_context,
+        }
+        entry.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure(level: str = "INFO") -> None:
+    """Send this process's logs to stderr as JSON lines (idempotent)."""
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("py4j", "botocore", "boto3", "urllib3", "great_expectations", "werkzeug", "moto"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def bind(**fields: Any) -> None:
+    """Add fields (batch_id, dataset, job, ...) to every later log line of this process."""
+    _context.update({k: v for k, v in fields.items() if v is not None})
+
+
+def unbind(*names: str) -> None:
+    for name in names:
+        _context.pop(name, None)
+
+
+@contextmanager
+def step(logger: logging.Logger, name: str, **fields: Any) -> Iterator[dict[str, Any]]:
+    """Log a step's start and end with its duration; the yielded dict adds fields to the end."""
+    extra: dict[str, Any] = {}
+    started = time.perf_counter()
+    logger.info("%s started", name, extra={"step": name, **fields})
+    try:
+        yield extra
+    except BaseException:
+        # The traceback is logged once, by whoever handles the exception.
+        logger.error(  # noqa: TRY400
+            "%s failed",
+            name,
+            extra={"step": name, "duration_s": round(time.perf_counter() - started, 3), **fields},
+        )
+        raise
+    logger.info(
+        "%s finished",
+        name,
+        extra={
+            "step": name,
+            "duration_s": round(time.perf_counter() - started, 3),
+            **fields,
+            **extra,
+        },
+    )

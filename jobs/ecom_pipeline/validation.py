@@ -1,0 +1,302 @@
+"""Validation job: one dataset of one batch, checked with its Great Expectations suite.
+
+extract (download the batch's files, read text) -> transform (typed + diagnostic columns, pure)
+-> check (GX suite) -> load (result JSON, Data Docs, accepted rows to staging).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import LongType
+
+from ecom_pipeline import logs
+from ecom_pipeline.config import PipelineConfig
+from ecom_pipeline.contract import DATASETS, Dataset, dataset_of_file
+from ecom_pipeline.ingest import (
+    DataFile,
+    HeaderError,
+    accepted,
+    expected_checkable_columns,
+    read_header,
+    read_raw,
+    to_checkable,
+    typed_schema,
+)
+from ecom_pipeline.quality import RuleFailure, run_suite
+from ecom_pipeline.storage import (
+    BucketStore,
+    curated_prefix,
+    data_docs_prefix,
+    incoming_prefix,
+    result_key,
+    staging_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+ORPHAN_SUFFIX = "__orphan"
+ORDER_USER_ID = "order__user_id"
+
+
+def reference_columns(dataset: Dataset) -> list[str]:
+    """Diagnostic columns the referential checks add to a checkable frame."""
+    names = [f"{fk.column}{ORPHAN_SUFFIX}" for fk in dataset.foreign_keys]
+    if any(fk.dataset == "orders" for fk in dataset.foreign_keys):
+        names.append(ORDER_USER_ID)
+    return names
+
+
+def checkable_columns(dataset: Dataset) -> list[str]:
+    return expected_checkable_columns(dataset) + reference_columns(dataset)
+
+
+def with_reference_checks(
+    checkable: DataFrame, dataset: Dataset, known: dict[str, DataFrame]
+) -> DataFrame:
+    """Add ``<fk>__orphan`` (the value when the referenced row is unknown) and, for items, the
+    referenced order's user_id, so the suite can check references like any other column.
+
+    ``known[dataset]`` holds the referenced dataset's rows: this batch's together with all
+    accepted before, one row per key.
+    """
+    frame = checkable
+    for fk in dataset.foreign_keys:
+        orphan = f"{fk.column}{ORPHAN_SUFFIX}"
+        if fk.column not in frame.columns:
+            frame = frame.withColumn(orphan, F.lit(None).cast(LongType()))
+            continue
+        marker = f"__known_{fk.dataset}"
+        carried = [ORDER_USER_ID] if fk.dataset == "orders" else []
+        reference = known[fk.dataset].select(
+            F.col(fk.target_column).alias(marker),
+            *([F.col("user_id").alias(ORDER_USER_ID)] if carried else []),
+        )
+        frame = frame.join(reference, frame[fk.column] == reference[marker], "left")
+        frame = frame.withColumn(
+            orphan, F.when(F.col(fk.column).isNotNull() & F.col(marker).isNull(), F.col(fk.column))
+        ).drop(marker)
+    if ORDER_USER_ID in reference_columns(dataset) and ORDER_USER_ID not in frame.columns:
+        frame = frame.withColumn(ORDER_USER_ID, F.lit(None).cast(LongType()))
+    return frame
+
+
+def known_rows(batch_rows: DataFrame | None, curated_rows: DataFrame, key: str) -> DataFrame:
+    """Rows of a referenced dataset as known after this batch: batch rows win over curated."""
+    columns = curated_rows.columns
+    if batch_rows is None:
+        return curated_rows
+    batch_rows = batch_rows.select(*columns).where(F.col(key).isNotNull()).dropDuplicates([key])
+    older = curated_rows.join(batch_rows.select(key), on=key, how="left_anti")
+    return batch_rows.unionByName(older)
+
+
+@dataclass
+class ValidationReport:
+    batch_id: str
+    dataset: str
+    files: list[str]
+    rows: int
+    success: bool
+    failures: list[RuleFailure] = field(default_factory=list)
+    rules_evaluated: int = 0
+    data_docs: str | None = None
+
+    def messages(self) -> list[str]:
+        return [f.describe(self.dataset) for f in self.failures]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "dataset": self.dataset,
+            "success": self.success,
+            "files": self.files,
+            "rows": self.rows,
+            "rules_evaluated": self.rules_evaluated,
+            "failed_rules": [
+                f.as_dict() | {"message": f.describe(self.dataset)} for f in self.failures
+            ],
+            "data_docs": self.data_docs,
+        }
+
+
+def header_failures(dataset: Dataset, files: list[DataFile]) -> list[RuleFailure]:
+    """Per-file header problems, named by file (GX sees only the union of all files)."""
+    failures = []
+    expected = set(dataset.column_names)
+    for data_file in files:
+        try:
+            header = read_header(data_file.local_path)
+        except HeaderError as e:
+            failures.append(
+                RuleFailure(
+                    "exact columns", "header", None, None, None, error=str(e), file=data_file.name
+                )
+            )
+            continue
+        if not header:
+            failures.append(
+                RuleFailure(
+                    "exact columns",
+                    "header",
+                    None,
+                    None,
+                    None,
+                    error="the file is empty (no header row)",
+                    file=data_file.name,
+                )
+            )
+            continue
+        duplicated = sorted({n for n in header if header.count(n) > 1})
+        missing = sorted(expected - set(header))
+        unexpected = sorted(set(header) - expected)
+        if missing or unexpected or duplicated:
+            details = {
+                k: v
+                for k, v in (
+                    ("missing", missing),
+                    ("unexpected", unexpected),
+                    ("duplicated", duplicated),
+                )
+                if v
+            }
+            failures.append(
+                RuleFailure(
+                    "exact columns",
+                    "header",
+                    None,
+                    None,
+                    None,
+                    details=details,
+                    file=data_file.name,
+                )
+            )
+    return failures
+
+
+def read_checkable(spark: SparkSession, dataset: Dataset, files: list[DataFile]) -> DataFrame:
+    return to_checkable(read_raw(spark, files), dataset)
+
+
+def read_curated(spark: SparkSession, local_dir: Path, dataset: Dataset) -> DataFrame:
+    """The curated store of a dataset staged to local_dir (empty frame if nothing yet)."""
+    partitioned = dataset.name != "products"
+    schema = typed_schema(dataset, with_order_date=partitioned)
+    if not any(local_dir.rglob("*.parquet")):
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(str(local_dir))
+
+
+class BatchFiles:
+    """The batch's files in the bucket, grouped by dataset, downloaded on demand."""
+
+    def __init__(self, store: BucketStore, batch_id: str, local_root: Path) -> None:
+        self.store = store
+        self.batch_id = batch_id
+        self.local_root = local_root
+        self.by_dataset: dict[str, list[str]] = {}
+        self.unrecognised: list[str] = []
+        prefix = incoming_prefix(batch_id)
+        for stored in store.list(prefix):
+            relative = stored.key[len(prefix) :]
+            if relative.startswith("_") or relative == "manifest.json":
+                continue
+            dataset = dataset_of_file(relative)
+            if dataset is None:
+                self.unrecognised.append(stored.key)
+            else:
+                self.by_dataset.setdefault(dataset, []).append(stored.key)
+
+    def files(self, dataset: str) -> list[DataFile]:
+        keys = sorted(self.by_dataset.get(dataset, []))
+        paths = self.store.download(keys, self.local_root)
+        return [DataFile(path, key) for path, key in zip(paths, keys, strict=True)]
+
+
+def validate_dataset(
+    spark: SparkSession, config: PipelineConfig, batch_id: str, dataset_name: str
+) -> ValidationReport:
+    """Check one dataset of a batch; on success stage its accepted rows for the KPI job."""
+    dataset = DATASETS[dataset_name]
+    logs.bind(batch_id=batch_id, dataset=dataset_name, job="validate")
+    store = BucketStore(config.bucket, config.aws)
+    work = config.work_dir / "validate" / batch_id / dataset_name
+    shutil.rmtree(work, ignore_errors=True)
+    batch = BatchFiles(store, batch_id, work / "s3")
+    files = batch.files(dataset_name)
+    if not files:
+        raise ValueError(
+            f"batch {batch_id} has no {dataset_name} files under {incoming_prefix(batch_id)}"
+        )
+    with logs.step(log, "read", files=len(files)):
+        frame = read_checkable(spark, dataset, files)
+        if dataset.foreign_keys:
+            frame = with_reference_checks(
+                frame, dataset, _known_references(spark, dataset, batch, store, work)
+            )
+        frame = frame.cache()
+        rows = frame.count()
+    failures = header_failures(dataset, files)
+    with logs.step(log, "expectations", rows=rows) as outcome_fields:
+        outcome = run_suite(
+            frame,
+            dataset,
+            checkable_columns=checkable_columns(dataset),
+            run_name=batch_id,
+            project_dir=work / "gx-project",
+        )
+        outcome_fields["failed_rules"] = len(outcome.failures)
+    failures.extend(outcome.failures)
+    report = ValidationReport(
+        batch_id=batch_id,
+        dataset=dataset_name,
+        files=[f.name for f in files],
+        rows=rows,
+        success=outcome.success and not failures,
+        failures=failures,
+        rules_evaluated=outcome.evaluated,
+    )
+    if outcome.docs_dir is not None:
+        prefix = data_docs_prefix(batch_id, dataset_name)
+        store.upload_dir(outcome.docs_dir, prefix, skip_hidden=False)
+        report.data_docs = f"s3://{config.bucket}/{prefix}{outcome.docs_page or 'index.html'}"
+    if report.success:
+        with logs.step(log, "stage accepted rows", rows=rows):
+            staged = work / "staged"
+            accepted(frame, dataset).write.mode("overwrite").parquet(str(staged))
+            stage = staging_prefix(batch_id, dataset_name)
+            store.delete([o.key for o in store.list(stage)])
+            store.upload_dir(staged, stage)
+    frame.unpersist()
+    store.put_json(result_key(batch_id, dataset_name), report.as_dict())
+    for message in report.messages():
+        log.error(message, extra={"event": "rule_failed"})
+    log.info(
+        "validation %s",
+        "passed" if report.success else "failed",
+        extra={"event": "validation_result", "rows": rows, "failed_rules": len(report.failures)},
+    )
+    return report
+
+
+def _known_references(
+    spark: SparkSession, dataset: Dataset, batch: BatchFiles, store: BucketStore, work: Path
+) -> dict[str, DataFrame]:
+    known = {}
+    for fk in dataset.foreign_keys:
+        target = DATASETS[fk.dataset]
+        curated_dir = store.download_prefix(curated_prefix(target.name), work / "curated")
+        curated = read_curated(spark, curated_dir, target)
+        keep = [fk.target_column] + (["user_id"] if target.name == "orders" else [])
+        batch_files = batch.files(target.name)
+        batch_rows = (
+            read_checkable(spark, target, batch_files).select(*keep) if batch_files else None
+        )
+        known[target.name] = known_rows(batch_rows, curated.select(*keep), fk.target_column)
+    return known

@@ -1,0 +1,23 @@
+"""One SparkSession for the whole run; AWS calls never leave this machine."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Set before any boto3 client or Spark JVM exists, so executors inherit them too.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("SPARK_MASTER", "local[2]")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from ecom_pipeline.spark import get_spark
+
+    session = get_spark("ecom-pipeline-tests", shuffle_partitions=2)
+    yield session
+    session.stop()
