@@ -105,7 +105,7 @@ def read_batch(spark: SparkSession, store: BucketStore, batch_id: str, local: Pa
     for name, dataset in DATASETS.items():
         prefix = staging_prefix(batch_id, name)
         if store.list(prefix):
-            folder = store.download_prefix(prefix, local)
+            folder = store.download_prefix(prefix, local / name)
             frames[name] = spark.read.schema(typed_schema(dataset)).parquet(str(folder))
         else:
             frames[name] = None
@@ -114,7 +114,9 @@ def read_batch(spark: SparkSession, store: BucketStore, batch_id: str, local: Pa
 
 def read_tables(spark: SparkSession, store: BucketStore, local: Path) -> Tables:
     frames = {
-        name: read_curated(spark, store.download_prefix(curated_prefix(name), local), dataset)
+        name: read_curated(
+            spark, store.download_prefix(curated_prefix(name), local / name), dataset
+        )
         for name, dataset in DATASETS.items()
     }
     return Tables(products=frames["products"], orders=frames["orders"], items=frames["order_items"])

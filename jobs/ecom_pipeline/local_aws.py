@@ -16,7 +16,6 @@ import contextlib
 import http.client
 import json
 import logging
-import mimetypes
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -35,6 +34,7 @@ from werkzeug.serving import make_server
 from ecom_pipeline.aws import DEFAULT_REGION, AwsSettings
 from ecom_pipeline.contract import CATEGORY_TABLE, ORDER_TABLE
 from ecom_pipeline.dynamo import table_definitions
+from ecom_pipeline.storage import BucketStore
 
 logger = logging.getLogger(__name__)
 
@@ -315,38 +315,12 @@ class LocalAws:
 
     # -- S3 --
 
-    def download_prefix(
-        self, prefix: str, dest: Path, *, page_size: int | None = None
-    ) -> list[Path]:
-        """Download every object under the folder ``prefix`` into ``dest``, keeping sub-paths."""
-        s3 = self.client("s3")
-        folder = _folder(prefix)
-        downloaded = []
-        pages = s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=folder, PaginationConfig=_pages(page_size)
-        )
-        for page in pages:
-            for obj in page.get("Contents", []):
-                key = obj["Key"]
-                if key.endswith("/"):
-                    continue  # a folder marker
-                target = _safe_target(dest, key[len(folder) :])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(self.bucket, key, str(target))
-                downloaded.append(target)
-        return sorted(downloaded)
-
-    def upload_dir(self, src: Path, prefix: str) -> list[str]:
-        """Upload every file under ``src`` to the folder ``prefix``; returns the keys, sorted."""
-        s3 = self.client("s3")
-        folder = _folder(prefix)
-        keys = []
-        for path in sorted(p for p in src.rglob("*") if p.is_file()):
-            key = folder + path.relative_to(src).as_posix()
-            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            s3.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
-            keys.append(key)
-        return keys
+    @property
+    def store(self) -> BucketStore:
+        """The emulated bucket, with the same transfers the jobs use."""
+        if self.settings is None:
+            raise RuntimeError("LocalAws is not open: use it as a context manager")
+        return BucketStore(self.bucket, self.settings)
 
 
 def _notice(body: str) -> dict[str, Any]:
@@ -359,15 +333,3 @@ def _notice(body: str) -> dict[str, Any]:
 
 def _pages(page_size: int | None) -> dict[str, int]:
     return {"PageSize": page_size} if page_size else {}
-
-
-def _folder(prefix: str) -> str:
-    prefix = prefix.strip("/")
-    return f"{prefix}/" if prefix else ""
-
-
-def _safe_target(dest: Path, relative: str) -> Path:
-    parts = [part for part in relative.split("/") if part]
-    if not parts or any(part in (".", "..") for part in parts):
-        raise ValueError(f"refusing to download object key part {relative!r}")
-    return dest.joinpath(*parts)

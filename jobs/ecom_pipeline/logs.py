@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 _context: dict[str, Any] = {}
@@ -30,13 +31,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure(level: str = "INFO") -> None:
-    """Send this process's logs to stderr as JSON lines (idempotent)."""
+def configure(level: str = "INFO", *, path: Path | None = None) -> None:
+    """Send this process's logs as JSON lines to stderr, or to a file (one handler at a time)."""
     root = logging.getLogger()
-    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+    for old in [h for h in root.handlers if isinstance(h.formatter, JsonFormatter)]:
+        root.removeHandler(old)
+        old.close()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
+    else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        root.addHandler(handler)
+    handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("py4j", "botocore", "boto3", "urllib3", "great_expectations", "werkzeug", "moto"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -7,7 +7,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ecom_pipeline.contract import CATEGORY_ITEM_ATTRIBUTES, ORDER_ITEM_ATTRIBUTES
+from ecom_pipeline.contract import (
+    CATEGORY_ITEM_ATTRIBUTES,
+    CATEGORY_KPIS,
+    MONEY_SCALE,
+    ORDER_ITEM_ATTRIBUTES,
+    ORDER_KPIS,
+    RATE_SCALE,
+)
+
+_DECIMALS = {
+    k.name: {"money": MONEY_SCALE, "rate": RATE_SCALE}.get(k.unit)
+    for k in CATEGORY_KPIS + ORDER_KPIS
+}
+
+
+def _cell(column: str, value: Any) -> str:
+    decimals = _DECIMALS.get(column)
+    if decimals is not None and isinstance(value, int | float):
+        return f"{value:.{decimals}f}"
+    return "" if value is None else str(value)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -18,7 +37,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """Columns aligned: text to the left, numbers to the right."""
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    cells = [[_cell(c, row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     numeric = [all(isinstance(row.get(c), int | float) for row in rows) for c in columns]
 

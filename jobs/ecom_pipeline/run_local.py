@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ecom_pipeline import logs
 from ecom_pipeline.config import PipelineConfig
 from ecom_pipeline.contract import DATASET_ORDER, dataset_of_file
 from ecom_pipeline.kpi_job import compute_kpis
@@ -70,9 +71,10 @@ def upload_batch(aws: LocalAws, folder: Path, batch_id: str) -> list[str]:
     """Upload a folder's files under incoming/<batch_id>/, then the _SUCCESS marker last."""
     if not folder.is_dir():
         raise FileNotFoundError(f"batch folder not found: {folder}")
-    keys = aws.upload_dir(folder, incoming_prefix(batch_id))
-    marker = aws.settings.client("s3")
-    marker.put_object(Bucket=aws.bucket, Key=f"{incoming_prefix(batch_id)}_SUCCESS", Body=b"")
+    keys = aws.store.upload_dir(folder, incoming_prefix(batch_id), skip_hidden=False)
+    aws.client("s3").put_object(
+        Bucket=aws.bucket, Key=f"{incoming_prefix(batch_id)}_SUCCESS", Body=b""
+    )
     return keys
 
 
@@ -166,6 +168,9 @@ def run_local(
 ) -> RunSummary:
     """Run each batch in order, then export the tables, notices and Data Docs to out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = out_dir / "pipeline.log.jsonl"
+    logs.configure(path=log_file)
+    progress(f"JSON logs: {log_file}")
     summary = RunSummary(out_dir=out_dir)
     ids = batch_ids(batch_dirs)
     with LocalAws() as aws:
@@ -196,6 +201,6 @@ def run_local(
             aws.export_notifications(out_dir / "notifications.jsonl")
             docs = out_dir / "data_docs"
             shutil.rmtree(docs, ignore_errors=True)
-            aws.download_prefix(f"{DATA_DOCS}/", docs)
+            aws.store.download_prefix(DATA_DOCS, docs)
             shutil.rmtree(config.work_dir, ignore_errors=True)
     return summary

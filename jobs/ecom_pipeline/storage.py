@@ -52,11 +52,14 @@ class BucketStore:
         self.bucket = bucket
         self._s3 = settings.client("s3")
 
-    def list(self, prefix: str) -> list[StoredObject]:
+    def list(self, prefix: str, *, page_size: int | None = None) -> list[StoredObject]:
         objects = []
-        for page in self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix
-        ):
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket,
+            Prefix=prefix,
+            PaginationConfig={"PageSize": page_size} if page_size else {},
+        )
+        for page in pages:
             objects.extend(StoredObject(o["Key"], o["Size"]) for o in page.get("Contents", []))
         return objects
 
@@ -70,12 +73,18 @@ class BucketStore:
             paths.append(path)
         return paths
 
-    def download_prefix(self, prefix: str, local_root: Path) -> Path:
-        """Mirror every object under prefix to local_root/<prefix>; returns that folder."""
-        self.download([o.key for o in self.list(prefix)], local_root)
-        target = local_root / PurePosixPath(prefix)
-        target.mkdir(parents=True, exist_ok=True)
-        return target
+    def download_prefix(self, prefix: str, dest: Path, *, page_size: int | None = None) -> Path:
+        """Download every object under the folder ``prefix`` into ``dest``, keeping sub-paths
+        (``prefix`` is a folder: ``runs/r1`` does not match ``runs/r10/``). Returns ``dest``."""
+        folder = _folder(prefix)
+        dest.mkdir(parents=True, exist_ok=True)
+        for stored in self.list(folder, page_size=page_size):
+            if stored.key.endswith("/"):
+                continue  # a folder marker
+            target = _safe_target(dest, stored.key[len(folder) :])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._s3.download_file(self.bucket, stored.key, str(target))
+        return dest
 
     def upload_file(self, path: Path, key: str) -> None:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -86,9 +95,10 @@ class BucketStore:
         keys = []
         for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
             relative = path.relative_to(local_dir).as_posix()
+            # Spark's _SUCCESS and .crc side files are not data.
             if skip_hidden and any(part.startswith((".", "_")) for part in relative.split("/")):
                 continue
-            key = prefix.rstrip("/") + "/" + relative
+            key = _folder(prefix) + relative
             self.upload_file(path, key)
             keys.append(key)
         return keys
@@ -106,3 +116,15 @@ class BucketStore:
 
     def get_json(self, key: str) -> Any:
         return json.loads(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+
+def _folder(prefix: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def _safe_target(dest: Path, relative: str) -> Path:
+    parts = [part for part in relative.split("/") if part]
+    if not parts or any(part in (".", "..") for part in parts):
+        raise ValueError(f"refusing to download object key part {relative!r}")
+    return dest.joinpath(*parts)

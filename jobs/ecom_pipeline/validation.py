@@ -291,7 +291,9 @@ def _known_references(
     known = {}
     for fk in dataset.foreign_keys:
         target = DATASETS[fk.dataset]
-        curated_dir = store.download_prefix(curated_prefix(target.name), work / "curated")
+        curated_dir = store.download_prefix(
+            curated_prefix(target.name), work / "curated" / target.name
+        )
         curated = read_curated(spark, curated_dir, target)
         keep = [fk.target_column] + (["user_id"] if target.name == "orders" else [])
         batch_files = batch.files(target.name)
