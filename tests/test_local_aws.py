@@ -14,7 +14,13 @@ from ecom_pipeline.local_aws import EXPORT_FILES, TOPIC_NAME, LocalAws
 
 
 def _thread_ids() -> set[int]:
-    return {thread.ident for thread in threading.enumerate()}
+    """Threads of moto's server and its request handlers (others, e.g. Spark's, come and go)."""
+    server_threads = ("_server_entry", "process_request_thread", "serve_forever")
+    return {
+        thread.ident
+        for thread in threading.enumerate()
+        if any(name in thread.name for name in server_threads)
+    }
 
 
 def _moto_tables() -> list[str]:

@@ -129,55 +129,38 @@ class ValidationReport:
 def header_failures(dataset: Dataset, files: list[DataFile]) -> list[RuleFailure]:
     """Per-file header problems, named by file (GX sees only the union of all files)."""
     failures = []
-    expected = set(dataset.column_names)
     for data_file in files:
-        try:
-            header = read_header(data_file.local_path)
-        except HeaderError as e:
-            failures.append(
-                RuleFailure(
-                    "exact columns", "header", None, None, None, error=str(e), file=data_file.name
-                )
-            )
-            continue
-        if not header:
+        error, details = _header_problem(dataset, data_file.local_path)
+        if error or details:
             failures.append(
                 RuleFailure(
                     "exact columns",
                     "header",
-                    None,
-                    None,
-                    None,
-                    error="the file is empty (no header row)",
-                    file=data_file.name,
-                )
-            )
-            continue
-        duplicated = sorted({n for n in header if header.count(n) > 1})
-        missing = sorted(expected - set(header))
-        unexpected = sorted(set(header) - expected)
-        if missing or unexpected or duplicated:
-            details = {
-                k: v
-                for k, v in (
-                    ("missing", missing),
-                    ("unexpected", unexpected),
-                    ("duplicated", duplicated),
-                )
-                if v
-            }
-            failures.append(
-                RuleFailure(
-                    "exact columns",
-                    "header",
-                    None,
-                    None,
-                    None,
+                    column=None,
+                    unexpected_count=None,
+                    element_count=None,
                     details=details,
+                    error=error,
                     file=data_file.name,
                 )
             )
     return failures
+
+
+def _header_problem(dataset: Dataset, path: Path) -> tuple[str | None, dict[str, list[str]]]:
+    try:
+        header = read_header(path)
+    except HeaderError as e:
+        return str(e), {}
+    if not header:
+        return "the file is empty (no header row)", {}
+    expected = set(dataset.column_names)
+    problems = {
+        "missing": sorted(expected - set(header)),
+        "unexpected": sorted(set(header) - expected),
+        "duplicated": sorted({name for name in header if header.count(name) > 1}),
+    }
+    return None, {kind: names for kind, names in problems.items() if names}
 
 
 def read_checkable(spark: SparkSession, dataset: Dataset, files: list[DataFile]) -> DataFrame:
