@@ -13,6 +13,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ecom_pipeline import logs
+from ecom_pipeline.config import ConfigError
 from ecom_pipeline.contract import DATASETS, ExitCode
 
 log = logging.getLogger("ecom_pipeline")
@@ -187,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.bind(command=args.command)
     try:
         return int(HANDLERS[args.command](args))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return ExitCode.USAGE
     except (ClientError, BotoCoreError) as e:
         log.exception("AWS call failed", extra={"event": "dependency_error"})
         print(f"error: AWS call failed: {e}", file=sys.stderr)

@@ -12,6 +12,10 @@ from ecom_pipeline.aws import AwsSettings
 from ecom_pipeline.contract import CATEGORY_TABLE, ORDER_TABLE
 
 
+class ConfigError(ValueError):
+    """Settings missing or wrong: the command line or environment must change."""
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     bucket: str
@@ -36,7 +40,7 @@ class PipelineConfig:
             values["work_dir"] = Path(os.environ["PIPELINE_WORK_DIR"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values["bucket"]:
-            raise ValueError("no bucket: set PIPELINE_BUCKET or pass --bucket")
+            raise ConfigError("no bucket: set PIPELINE_BUCKET or pass --bucket")
         return cls(**values)
 
     def with_work_dir(self, work_dir: Path) -> PipelineConfig:

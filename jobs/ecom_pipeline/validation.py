@@ -280,8 +280,10 @@ def _known_references(
         curated = read_curated(spark, curated_dir, target)
         keep = [fk.target_column] + (["user_id"] if target.name == "orders" else [])
         batch_files = batch.files(target.name)
-        batch_rows = (
-            read_checkable(spark, target, batch_files).select(*keep) if batch_files else None
-        )
+        batch_rows = read_checkable(spark, target, batch_files) if batch_files else None
+        if batch_rows is not None and not set(keep) <= set(batch_rows.columns):
+            batch_rows = None  # that file's own validation reports the missing columns
+        if batch_rows is not None:
+            batch_rows = batch_rows.select(*keep)
         known[target.name] = known_rows(batch_rows, curated.select(*keep), fk.target_column)
     return known
