@@ -132,15 +132,27 @@ def is_valid_fargate_size(cpu: int, memory_mib: int) -> bool:
 
 def tier_table_markdown() -> str:
     """The tier table as Markdown, for the README (a test keeps the README in step)."""
-    lines = [
-        "| tier | input up to | vCPU | memory | Spark driver heap | ephemeral storage | shuffle partitions |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    header = (
+        "tier",
+        "input up to",
+        "vCPU",
+        "memory",
+        "Spark driver heap",
+        "ephemeral storage",
+        "shuffle partitions",
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for t in TIERS:
-        lines.append(
-            f"| {t.name} | {_size(t.max_input_bytes)} | {t.cpu / 1024:g} | {t.memory_mib // 1024} GiB "
-            f"| {t.driver_memory_mib} MiB | {t.ephemeral_storage_gib} GiB | {t.shuffle_partitions} |"
+        cells = (
+            t.name,
+            _size(t.max_input_bytes),
+            f"{t.cpu / 1024:g}",
+            f"{t.memory_mib // 1024} GiB",
+            f"{t.driver_memory_mib} MiB",
+            f"{t.ephemeral_storage_gib} GiB",
+            str(t.shuffle_partitions),
         )
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
