@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 
 from ecom_pipeline.cli import main
-from ecom_pipeline.contract import DATASETS, ExitCode
+from ecom_pipeline.config import PipelineConfig
+from ecom_pipeline.contract import CATEGORY_TABLE, DATASETS, ORDER_TABLE, ExitCode
 from ecom_pipeline.generator import generate
+from ecom_pipeline.local_aws import LocalAws
+from ecom_pipeline.local_sfn import InProcessRunner, enable_interpreter, local_ecs
+from ecom_pipeline.run_local import LocalPipeline, run_local, s3_event
+from ecom_pipeline.tiers import TIERS
 from reference_kpis import as_json_ready, kpis_from_batches
 
 SEED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-sample"
@@ -78,9 +83,11 @@ def test_seed_sample_exports_notice_and_data_docs(seed_run):
     notice = notices[0]["message"]
     assert notice["rows_accepted"] == {"products": 10000, "orders": 9000, "order_items": 27007}
     assert len(notice["dates_recomputed"]) == 31
+    assert notice["execution_id"].endswith(":seed-sample")
+    assert notice["duration_s"] > 0
+    assert [v["status"] for v in notice["validations"]] == ["PASSED"] * 3
     for dataset in DATASETS:
         assert (out / "data_docs" / "seed-sample" / dataset / "index.html").is_file()
-        assert notice["data_docs"][dataset].startswith("s3://")
 
 
 def _write_rows(path: Path, dataset: str, rows: list[dict]) -> None:
@@ -186,13 +193,70 @@ def test_failed_batch_changes_nothing_and_later_batches_still_run(spark, tmp_pat
     assert code == ExitCode.DATA_REJECTED
     notices = [n["message"] for n in _read_jsonl(out / "notifications.jsonl")]
     assert [n["status"] for n in notices] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
-    failed = notices[1]["failed_datasets"][0]
-    assert failed["dataset"] == "orders"
-    assert failed["failed_rules"][0]["rule"] == "status allowed"
-    assert failed["failed_rules"][0]["unexpected_count"] == 1
-    assert "lost-in-space" in failed["failed_rules"][0]["message"]
-    assert failed["data_docs"].startswith("s3://")
+    failure = notices[1]
+    assert failure["stage"] == "validation"
+    assert failure["execution_id"].endswith(":bad")
+    statuses = {v["dataset"]: v["status"] for v in failure["validations"]}
+    assert statuses == {"products": "SKIPPED", "orders": "FAILED", "order_items": "SKIPPED"}
+    result = next(v["result"] for v in failure["validations"] if v["status"] == "FAILED")
+    assert result["failed_rules"][0]["rule"] == "status allowed"
+    assert result["failed_rules"][0]["unexpected_count"] == 1
+    assert "lost-in-space" in result["failed_rules"][0]["message"]
+    assert result["data_docs"].startswith("s3://")
     expected_categories, expected_orders = _expected([good])
     categories, orders_out = _exported(out)
     assert orders_out == expected_orders
     assert categories == expected_categories
+
+
+def test_duplicate_event_and_reuploaded_marker_start_nothing_new(spark, tmp_path):
+    source = tmp_path / "source"
+    generate(source, 20, seed=5, days=3, products=10)
+    with LocalAws() as aws, local_ecs(InProcessRunner()):
+        enable_interpreter("127.0.0.1", aws.port)
+        config = PipelineConfig(
+            bucket=aws.bucket, aws=aws.settings, topic_arn=aws.topic_arn, work_dir=tmp_path / "w"
+        )
+        pipeline = LocalPipeline(aws, config)
+        marker = pipeline.upload(source, "dup")
+        event = s3_event(aws.bucket, marker, 0)
+        first = pipeline.deliver(event)
+        assert len(first["started"]) == 1
+        arn = pipeline.execution_arn(first["started"][0])
+        assert pipeline.wait(arn)["status"] == "SUCCEEDED"
+        assert pipeline.deliver(event)["duplicates"] == first["started"]  # the same event again
+        marker = pipeline.upload(source, "dup")  # the marker uploaded again
+        assert pipeline.deliver(s3_event(aws.bucket, marker, 0))["duplicates"] == first["started"]
+        executions = pipeline.sfn.list_executions(stateMachineArn=pipeline.state_machine_arn)
+        assert len(executions["executions"]) == 1
+
+
+class FailingKpiRunner(InProcessRunner):
+    """Runs validation for real, but the KPI container dies (exit 137, as when OOM-killed)."""
+
+    def __call__(self, command, environment):
+        if command[0] == "compute-kpis":
+            self.calls.append((list(command), dict(environment)))
+            return 137
+        return super().__call__(command, environment)
+
+
+def test_kpi_task_failure_is_caught_notified_and_writes_nothing(spark, tmp_path):
+    source = tmp_path / "source"
+    generate(source, 20, seed=6, days=3, products=10)
+    runner = FailingKpiRunner()
+    summary = run_local([source], tmp_path / "out", runner=runner, progress=lambda _: None)
+    assert [o.status for o in summary.outcomes] == ["FAILED"]
+    assert summary.outcomes[0].error == "Kpi.Failed"
+    notice = summary.outcomes[0].notice
+    assert notice["stage"] == "kpis"
+    assert notice["error"]["Error"] == "States.TaskFailed"
+    assert '"ExitCode": 137' in notice["error"]["Cause"]
+    assert summary.exported == {CATEGORY_TABLE: 0, ORDER_TABLE: 0}
+    # the overrides the state machine sent reached the container: command and tier settings
+    commands = [call[0][0] for call in runner.calls]
+    assert sorted(commands) == ["compute-kpis", "validate", "validate", "validate"]
+    kpi_env = next(env for command, env in runner.calls if command[0] == "compute-kpis")
+    assert kpi_env["SPARK_DRIVER_MEMORY"] == TIERS[0].driver_memory
+    assert kpi_env["PIPELINE_BUCKET"] == "ecom-pipeline-local"
+    assert kpi_env["EXECUTION_ID"].endswith(":source")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,11 @@ class AwsSettings:
     endpoint_url: str | None = None
 
     @classmethod
-    def from_env(cls) -> AwsSettings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
+        env = os.environ if environ is None else environ
         return cls(
-            region=os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or DEFAULT_REGION,
-            endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+            endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
         )
 
     def client(self, service: str, *, max_attempts: int = 5) -> Any:

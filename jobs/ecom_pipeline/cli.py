@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
 
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="KPI job: merge a validated batch and write KPIs (container entry point)",
     )
     kpis.add_argument("--batch-id", required=True)
+    kpis.add_argument(
+        "--received-at", default=None, help="ISO time the batch arrived (for the notice's duration)"
+    )
     _add_aws_arguments(kpis)
 
     local = commands.add_parser(
@@ -85,11 +88,12 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - imported lazily with it
     from ecom_pipeline.aws import AwsSettings
     from ecom_pipeline.config import PipelineConfig
 
-    env = AwsSettings.from_env()
+    env = AwsSettings.from_env(args.environ)
     aws = AwsSettings(
         region=args.region or env.region, endpoint_url=args.endpoint_url or env.endpoint_url
     )
     return PipelineConfig.from_env(
+        args.environ,
         bucket=args.bucket,
         aws=aws,
         category_table=args.category_table,
@@ -116,7 +120,12 @@ def _compute_kpis(args: argparse.Namespace) -> int:
     from ecom_pipeline.kpi_job import compute_kpis
     from ecom_pipeline.spark import get_spark
 
-    report = compute_kpis(get_spark("compute-kpis"), _config(args), args.batch_id)
+    report = compute_kpis(
+        get_spark("compute-kpis"),
+        _config(args),
+        args.batch_id,
+        received_at=args.received_at or None,
+    )
     print(json.dumps(report.__dict__, default=str))
     return ExitCode.OK
 
@@ -150,7 +159,8 @@ def _run_local(args: argparse.Namespace) -> int:
 
 def _print_summary(summary) -> None:  # noqa: ANN001
     for outcome in summary.outcomes:
-        print(f"batch {outcome.batch_id}: {outcome.notice['status']}")
+        detail = f" ({outcome.error})" if outcome.error else ""
+        print(f"batch {outcome.batch_id}: {outcome.status}{detail}")
     out = summary.out_dir
     print(f"exported {summary.exported} to {out}; notices in {out / 'notifications.jsonl'}")
     print(f"Data Docs: {out / 'data_docs'}")
@@ -182,8 +192,11 @@ HANDLERS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None) -> int:
+    """Run a command; ``environ`` stands in for the process environment (default: os.environ),
+    as a container's environment does for an ECS task run in this process."""
     args = build_parser().parse_args(argv)
+    args.environ = environ
     logs.configure()
     logs.bind(command=args.command)
     try:

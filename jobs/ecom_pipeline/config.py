@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ecom_pipeline.aws import AwsSettings
 from ecom_pipeline.contract import CATEGORY_TABLE, ORDER_TABLE
+
+# Environment variables the jobs read (the task definition sets them).
+ENVIRONMENT = {
+    "bucket": "PIPELINE_BUCKET",
+    "category_table": "CATEGORY_TABLE",
+    "order_table": "ORDER_TABLE",
+    "topic_arn": "NOTIFY_TOPIC_ARN",
+    "work_dir": "PIPELINE_WORK_DIR",
+}
 
 
 class ConfigError(ValueError):
@@ -26,22 +36,38 @@ class PipelineConfig:
     work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "ecom-pipeline")
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> PipelineConfig:
-        """Read PIPELINE_BUCKET, CATEGORY_TABLE, ORDER_TABLE, NOTIFY_TOPIC_ARN, PIPELINE_WORK_DIR,
-        AWS_REGION and AWS_ENDPOINT_URL; keyword arguments that are not None win."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PipelineConfig:
+        """Read the variables of :data:`ENVIRONMENT` (and AWS_REGION, AWS_ENDPOINT_URL) from
+        ``environ`` (default: the process's); keyword arguments that are not None win."""
+        env = os.environ if environ is None else environ
         values: dict[str, Any] = {
-            "bucket": os.environ.get("PIPELINE_BUCKET", ""),
-            "aws": AwsSettings.from_env(),
-            "category_table": os.environ.get("CATEGORY_TABLE", CATEGORY_TABLE),
-            "order_table": os.environ.get("ORDER_TABLE", ORDER_TABLE),
-            "topic_arn": os.environ.get("NOTIFY_TOPIC_ARN") or None,
+            "bucket": env.get(ENVIRONMENT["bucket"], ""),
+            "aws": AwsSettings.from_env(env),
+            "category_table": env.get(ENVIRONMENT["category_table"], CATEGORY_TABLE),
+            "order_table": env.get(ENVIRONMENT["order_table"], ORDER_TABLE),
+            "topic_arn": env.get(ENVIRONMENT["topic_arn"]) or None,
         }
-        if os.environ.get("PIPELINE_WORK_DIR"):
-            values["work_dir"] = Path(os.environ["PIPELINE_WORK_DIR"])
+        if env.get(ENVIRONMENT["work_dir"]):
+            values["work_dir"] = Path(env[ENVIRONMENT["work_dir"]])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values["bucket"]:
-            raise ConfigError("no bucket: set PIPELINE_BUCKET or pass --bucket")
+            raise ConfigError(f"no bucket: set {ENVIRONMENT['bucket']} or pass --bucket")
         return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The container environment that makes a job see this configuration."""
+        env = {
+            ENVIRONMENT["bucket"]: self.bucket,
+            ENVIRONMENT["category_table"]: self.category_table,
+            ENVIRONMENT["order_table"]: self.order_table,
+            ENVIRONMENT["work_dir"]: str(self.work_dir),
+            "AWS_REGION": self.aws.region,
+        }
+        if self.topic_arn:
+            env[ENVIRONMENT["topic_arn"]] = self.topic_arn
+        if self.aws.endpoint_url:
+            env["AWS_ENDPOINT_URL"] = self.aws.endpoint_url
+        return env
 
     def with_work_dir(self, work_dir: Path) -> PipelineConfig:
         return replace(self, work_dir=work_dir)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -37,7 +38,7 @@ from ecom_pipeline.curated import (
 from ecom_pipeline.dynamo import delete_keys, write_items
 from ecom_pipeline.ingest import typed_schema
 from ecom_pipeline.kpis import DATE_STRING, category_kpis, enrich_items, order_kpis
-from ecom_pipeline.storage import BucketStore, curated_prefix, staging_prefix
+from ecom_pipeline.storage import BucketStore, curated_prefix, kpi_result_key, staging_prefix
 from ecom_pipeline.validation import read_curated
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class KpiReport:
     category_items_written: int = 0
     order_items_written: int = 0
     items_deleted: int = 0
+    duration_s: float = 0.0
+    # from the batch's arrival (received_at) to its KPIs written; None when unknown
+    batch_duration_s: float | None = None
 
 
 def plan(old: Tables, batch: Batch) -> KpiPlan:
@@ -122,7 +126,9 @@ def read_tables(spark: SparkSession, store: BucketStore, local: Path) -> Tables:
     return Tables(products=frames["products"], orders=frames["orders"], items=frames["order_items"])
 
 
-def compute_kpis(spark: SparkSession, config: PipelineConfig, batch_id: str) -> KpiReport:
+def compute_kpis(
+    spark: SparkSession, config: PipelineConfig, batch_id: str, *, received_at: str | None = None
+) -> KpiReport:
     """Run the KPI job for a batch whose datasets all passed validation."""
     logs.bind(batch_id=batch_id, job="kpis")
     logs.unbind("dataset")
@@ -130,6 +136,7 @@ def compute_kpis(spark: SparkSession, config: PipelineConfig, batch_id: str) -> 
     work = config.work_dir / "kpis" / batch_id
     shutil.rmtree(work, ignore_errors=True)
     report = KpiReport(batch_id=batch_id)
+    started = time.perf_counter()
     with logs.step(log, "read"):
         batch = read_batch(spark, store, batch_id, work / "staged")
         if batch.products is None and batch.orders is None and batch.items is None:
@@ -163,6 +170,11 @@ def compute_kpis(spark: SparkSession, config: PipelineConfig, batch_id: str) -> 
         )
     with logs.step(log, "update curated store"):
         _replace_curated(store, changes, work / "new")
+    report.duration_s = round(time.perf_counter() - started, 3)
+    if received_at:
+        arrival = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+        report.batch_duration_s = round((datetime.now(UTC) - arrival).total_seconds(), 3)
+    store.put_json(kpi_result_key(batch_id), report.__dict__)
     log.info("kpis done", extra={"event": "kpi_result", **report.__dict__})
     return report
 

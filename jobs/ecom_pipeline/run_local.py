@@ -1,34 +1,48 @@
-"""run-local: every batch through the job entry points, against emulated AWS and local Spark.
+"""run-local: the deployed pipeline, run on this machine against emulated AWS.
 
-Each batch is uploaded to the emulated bucket as ``incoming/<batch_id>/`` with a ``_SUCCESS``
-marker, each dataset present is validated, and only if all pass the KPI job runs. A failed
-batch changes no KPI item and does not stop the batches after it.
+Everything AWS would run runs here, the same way: each batch folder is uploaded to the emulated
+bucket as ``incoming/<batch_id>/`` with its ``_SUCCESS`` marker last; the S3 event for the marker
+goes to the Lambda handler (``lambda/trigger.py``); the handler starts an execution of the state
+machine in ``stepfunctions/`` in moto's Step Functions interpreter, which runs the Parallel
+validation, Retry/Catch, SNS notices and the KPI task. Only ECS is stood in for: each task's
+container command runs here with the task definition's environment and the overrides the state
+machine sends (see local_sfn.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import logging
+import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 from ecom_pipeline import logs
+from ecom_pipeline.asl import CONTAINER_NAME, substitute
 from ecom_pipeline.config import PipelineConfig
-from ecom_pipeline.contract import DATASET_ORDER, dataset_of_file
-from ecom_pipeline.kpi_job import compute_kpis
+from ecom_pipeline.lambda_fn import trigger
 from ecom_pipeline.local_aws import LocalAws
-from ecom_pipeline.notify import failure_notice, publish, success_notice
-from ecom_pipeline.spark import get_spark
+from ecom_pipeline.local_sfn import InProcessRunner, TaskRunner, enable_interpreter, local_ecs
 from ecom_pipeline.storage import DATA_DOCS, incoming_prefix
-from ecom_pipeline.validation import validate_dataset
+from ecom_pipeline.tiers import TIERS
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+STATE_MACHINE_NAME = "ecom-pipeline"
+MARKER = "_SUCCESS"
+EXECUTION_TIMEOUT_S = 3600
 
 
 def _stderr(message: str) -> None:
@@ -39,8 +53,14 @@ def _stderr(message: str) -> None:
 class BatchOutcome:
     batch_id: str
     source: Path
-    success: bool
-    notice: dict[str, Any]
+    status: str  # SUCCEEDED, FAILED, DUPLICATE, NOT_STARTED
+    notice: dict[str, Any] | None = None
+    execution_arn: str | None = None
+    error: str | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.status in ("SUCCEEDED", "DUPLICATE")
 
 
 @dataclass
@@ -67,134 +87,231 @@ def batch_ids(batch_dirs: Sequence[Path]) -> list[str]:
     return ids
 
 
-def upload_batch(aws: LocalAws, folder: Path, batch_id: str) -> list[str]:
-    """Upload a folder's files under incoming/<batch_id>/, then the _SUCCESS marker last."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"batch folder not found: {folder}")
-    keys = aws.store.upload_dir(folder, incoming_prefix(batch_id), skip_hidden=False)
-    aws.client("s3").put_object(
-        Bucket=aws.bucket, Key=f"{incoming_prefix(batch_id)}_SUCCESS", Body=b""
+def s3_event(bucket: str, key: str, size: int) -> dict[str, Any]:
+    """The notification S3 sends for a new object (keys URL-encoded, as S3 does)."""
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventTime": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": {"key": quote_plus(key, safe="/"), "size": size},
+                },
+            }
+        ]
+    }
+
+
+@dataclass(frozen=True)
+class LambdaContext:
+    """What the handler reads of Lambda's context object."""
+
+    function_name: str = "ecom-pipeline-trigger"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = (
+        "arn:aws:lambda:us-east-1:123456789012:function:ecom-pipeline-trigger"
     )
-    return keys
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class LocalPipeline:
+    """The emulated deployment: what infra/template.yaml creates, created in moto."""
+
+    def __init__(self, aws: LocalAws, config: PipelineConfig) -> None:
+        self.aws = aws
+        self.config = config
+        ecs = aws.client("ecs")
+        self.cluster_arn = ecs.create_cluster(clusterName=STATE_MACHINE_NAME)["cluster"][
+            "clusterArn"
+        ]
+        smallest = TIERS[0]
+        self.task_definition_arn = ecs.register_task_definition(
+            family=f"{STATE_MACHINE_NAME}-job",
+            networkMode="awsvpc",
+            requiresCompatibilities=["FARGATE"],
+            cpu=str(smallest.cpu),
+            memory=str(smallest.memory_mib),
+            containerDefinitions=[
+                {
+                    "name": CONTAINER_NAME,
+                    "image": "ecom-pipeline:local",
+                    "essential": True,
+                    "environment": [
+                        {"name": k, "value": v} for k, v in sorted(config.to_env().items())
+                    ],
+                }
+            ],
+        )["taskDefinition"]["taskDefinitionArn"]
+        template = (
+            resources.files("ecom_pipeline.stepfunctions")
+            .joinpath("pipeline.asl.json")
+            .read_text(encoding="utf-8")
+        )
+        definition = substitute(
+            template,
+            {
+                "ClusterArn": self.cluster_arn,
+                "JobTaskDefinitionArn": self.task_definition_arn,
+                "ContainerName": CONTAINER_NAME,
+                "SubnetA": "subnet-local-a",
+                "SubnetB": "subnet-local-b",
+                "SecurityGroupId": "sg-local",
+                "NotificationTopicArn": aws.topic_arn,
+                "DataBucket": aws.bucket,
+            },
+        )
+        self.sfn = aws.client("stepfunctions")
+        self.state_machine_arn = self.sfn.create_state_machine(
+            name=STATE_MACHINE_NAME,
+            definition=definition,
+            roleArn="arn:aws:iam::123456789012:role/ecom-pipeline-states",
+        )["stateMachineArn"]
+
+    def upload(self, folder: Path, batch_id: str) -> str:
+        """Upload a batch's files, then its marker (last, as producers must); returns its key."""
+        if not folder.is_dir():
+            raise FileNotFoundError(f"batch folder not found: {folder}")
+        self.aws.store.upload_dir(folder, incoming_prefix(batch_id), skip_hidden=False)
+        marker = f"{incoming_prefix(batch_id)}{MARKER}"
+        self.aws.client("s3").put_object(Bucket=self.aws.bucket, Key=marker, Body=b"")
+        return marker
+
+    def deliver(self, event: dict[str, Any], log_file: Path | None = None) -> dict[str, list[str]]:
+        """Invoke the Lambda handler with an S3 event, as the bucket notification would."""
+        env = {
+            "STATE_MACHINE_ARN": self.state_machine_arn,
+            "AWS_ENDPOINT_URL": self.aws.endpoint_url or "",
+            "AWS_DEFAULT_REGION": self.aws.region,
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+        }
+        output = io.StringIO()
+        with _environment(env), contextlib.redirect_stdout(output):
+            trigger._client.cache_clear()  # clients must point at this emulator
+            try:
+                return trigger.handler(event, LambdaContext())
+            finally:
+                trigger._client.cache_clear()
+                if log_file is not None:
+                    with log_file.open("a", encoding="utf-8") as handle:
+                        handle.write(output.getvalue())
+
+    def wait(self, execution_arn: str, timeout_s: float = EXECUTION_TIMEOUT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            description = self.sfn.describe_execution(executionArn=execution_arn)
+            if description["status"] != "RUNNING":
+                return description
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"execution {execution_arn} still running after {timeout_s}s")
+            time.sleep(0.25)
+
+    def execution_arn(self, name: str) -> str:
+        return f"{self.state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
 
 
 def run_batch(
-    spark: Any,
-    aws: LocalAws,
-    config: PipelineConfig,
-    folder: Path,
-    batch_id: str,
-    progress: Progress,
+    pipeline: LocalPipeline, folder: Path, batch_id: str, progress: Progress, log_file: Path
 ) -> BatchOutcome:
-    started = time.perf_counter()
-    keys = upload_batch(aws, folder, batch_id)
-    relative = [k[len(incoming_prefix(batch_id)) :] for k in keys]
-    present = {dataset_of_file(r) for r in relative} - {None}
-    unrecognised = [r for r in relative if dataset_of_file(r) is None]
-    datasets = [d for d in DATASET_ORDER if d in present]
-    if unrecognised or not datasets:
-        error = (
-            f"files with names that fit no dataset: {', '.join(unrecognised)}"
-            if unrecognised
-            else f"no dataset files in {folder}"
-        )
-        notice = failure_notice(
-            batch_id,
-            stage="intake",
-            failed_datasets=[],
-            duration_s=time.perf_counter() - started,
-            error=error,
-        )
-        progress(f"  rejected: {error}")
-        return _finish(aws, config, folder, batch_id, notice)
-    reports = []
-    for dataset in datasets:
-        progress(f"  validating {dataset} ...")
-        report = validate_dataset(spark, config, batch_id, dataset)
-        verdict = "ok" if report.success else f"FAILED ({len(report.failures)} rules)"
-        progress(f"  validated {dataset}: {report.rows} rows, {verdict}")
-        for message in report.messages():
-            progress(f"    {message}")
-        reports.append(report)
-    docs = {r.dataset: r.data_docs for r in reports}
-    failed = [r for r in reports if not r.success]
-    if failed:
-        notice = failure_notice(
-            batch_id,
-            stage="validation",
-            failed_datasets=[
-                {
-                    "dataset": r.dataset,
-                    "failed_rules": [
-                        {
-                            "rule": f.rule,
-                            "unexpected_count": f.unexpected_count,
-                            "message": f.describe(r.dataset),
-                        }
-                        for f in r.failures
-                    ],
-                    "data_docs": r.data_docs,
-                }
-                for r in failed
-            ],
-            duration_s=time.perf_counter() - started,
-        )
-        return _finish(aws, config, folder, batch_id, notice)
-    progress("  computing KPIs ...")
-    kpis = compute_kpis(spark, config, batch_id)
-    progress(
-        f"  KPIs: {len(kpis.dates_recomputed)} dates recomputed, "
-        f"{kpis.category_items_written} category items, {kpis.order_items_written} order items"
-    )
-    notice = success_notice(
+    marker = pipeline.upload(folder, batch_id)
+    progress(f"  uploaded to s3://{pipeline.aws.bucket}/{incoming_prefix(batch_id)}")
+    try:
+        result = pipeline.deliver(s3_event(pipeline.aws.bucket, marker, 0), log_file)
+    except Exception as e:  # the Lambda failed: nothing started (AWS would retry it)
+        progress(f"  trigger refused the batch: {e}")
+        return BatchOutcome(batch_id, folder, "NOT_STARTED", error=f"{type(e).__name__}: {e}")
+    if result["duplicates"]:
+        progress("  an execution for this batch exists already: nothing started")
+        return BatchOutcome(batch_id, folder, "DUPLICATE")
+    if not result["started"]:
+        return BatchOutcome(batch_id, folder, "NOT_STARTED", error=f"handler result {result}")
+    execution_arn = pipeline.execution_arn(result["started"][0])
+    progress(f"  execution {result['started'][0]} running (validate in parallel, then KPIs) ...")
+    description = pipeline.wait(execution_arn)
+    notices = [
+        n["message"]
+        for n in pipeline.aws.notifications()
+        if isinstance(n["message"], dict) and n["message"].get("batch_id") == batch_id
+    ]
+    notice = notices[-1] if notices else None
+    _report(progress, notice)
+    return BatchOutcome(
         batch_id,
-        rows_accepted=kpis.rows_accepted,
-        dates_recomputed=kpis.dates_recomputed,
-        duration_s=time.perf_counter() - started,
-        data_docs=docs,
+        folder,
+        description["status"],
+        notice=notice,
+        execution_arn=execution_arn,
+        error=description.get("error"),
     )
-    return _finish(aws, config, folder, batch_id, notice)
 
 
-def _finish(
-    aws: LocalAws, config: PipelineConfig, folder: Path, batch_id: str, notice: dict[str, Any]
-) -> BatchOutcome:
-    publish(notice, aws.topic_arn, config.aws)
-    return BatchOutcome(batch_id, folder, notice["status"] == "SUCCEEDED", notice)
+def _report(progress: Progress, notice: dict[str, Any] | None) -> None:
+    if notice is None:
+        progress("  no notice was published")
+        return
+    for validation in notice.get("validations", []):
+        result = validation.get("result") or {}
+        progress(
+            f"  {validation['dataset']}: {validation['status']}"
+            + (f", {result['rows']} rows" if "rows" in result else "")
+        )
+        for rule in result.get("failed_rules", []):
+            progress(f"    {rule['message']}")
+    if notice.get("status") == "SUCCEEDED":
+        progress(
+            f"  KPIs: {len(notice['dates_recomputed'])} dates recomputed from "
+            f"{notice['rows_accepted']}"
+        )
+    elif notice.get("error"):
+        progress(f"  error: {json.dumps(notice['error'])[:500]}")
 
 
 def run_local(
-    batch_dirs: Sequence[Path], out_dir: Path, *, progress: Progress = _stderr
+    batch_dirs: Sequence[Path],
+    out_dir: Path,
+    *,
+    progress: Progress = _stderr,
+    runner: TaskRunner | None = None,
 ) -> RunSummary:
     """Run each batch in order, then export the tables, notices and Data Docs to out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     log_file = out_dir / "pipeline.log.jsonl"
+    log_file.unlink(missing_ok=True)
     logs.configure(path=log_file)
     progress(f"JSON logs: {log_file}")
     summary = RunSummary(out_dir=out_dir)
     ids = batch_ids(batch_dirs)
-    with LocalAws() as aws:
+    with LocalAws() as aws, local_ecs(runner or InProcessRunner()):
+        enable_interpreter("127.0.0.1", aws.port)
         config = PipelineConfig(
             bucket=aws.bucket, aws=aws.settings, topic_arn=aws.topic_arn, work_dir=out_dir / "work"
         )
-        progress("starting Spark ...")
-        spark = get_spark("ecom-pipeline-run-local")
+        pipeline = LocalPipeline(aws, config)
+        progress(f"emulated AWS at {aws.endpoint_url}; state machine {STATE_MACHINE_NAME}")
         try:
             for number, (folder, batch_id) in enumerate(zip(batch_dirs, ids, strict=True), 1):
                 progress(f"[{number}/{len(ids)}] batch {batch_id} ({folder})")
-                try:
-                    outcome = run_batch(spark, aws, config, folder, batch_id, progress)
-                except Exception as e:  # a broken batch must not stop the ones after it
-                    log.exception("batch failed", extra={"batch_id": batch_id})
-                    notice = failure_notice(
-                        batch_id,
-                        stage="pipeline",
-                        failed_datasets=[],
-                        duration_s=0.0,
-                        error=f"{type(e).__name__}: {e}",
-                    )
-                    outcome = _finish(aws, config, folder, batch_id, notice)
-                progress(f"  batch {batch_id}: {outcome.notice['status']}")
+                outcome = run_batch(pipeline, folder, batch_id, progress, log_file)
+                progress(f"  batch {batch_id}: {outcome.status}")
                 summary.outcomes.append(outcome)
         finally:
             summary.exported = aws.export_tables(out_dir)

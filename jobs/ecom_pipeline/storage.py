@@ -37,6 +37,10 @@ def result_key(batch_id: str, dataset: str) -> str:
     return f"{RESULTS}/{batch_id}/{dataset}.json"
 
 
+def kpi_result_key(batch_id: str) -> str:
+    return f"{RESULTS}/{batch_id}/kpis.json"
+
+
 def data_docs_prefix(batch_id: str, dataset: str) -> str:
     return f"{DATA_DOCS}/{batch_id}/{dataset}/"
 

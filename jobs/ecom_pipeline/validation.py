@@ -258,6 +258,10 @@ def validate_dataset(
             store.upload_dir(staged, stage)
     frame.unpersist()
     store.put_json(result_key(batch_id, dataset_name), report.as_dict())
+    from ecom_pipeline.docs_index import publish_index  # the cross-batch Data Docs index
+
+    with logs.step(log, "publish data docs index") as index_fields:
+        index_fields["index"] = f"s3://{config.bucket}/{publish_index(store)}"
     for message in report.messages():
         log.error(message, extra={"event": "rule_failed"})
     log.info(

@@ -1,0 +1,241 @@
+"""Planning a pipeline run from S3 events: which batch is complete and what to start for it.
+
+Pure functions, no AWS and no Spark: the trigger Lambda ships this module with ``contract.py``
+and ``tiers.py`` only, so it must import nothing else from the package (``storage.py`` pulls in
+boto3 settings, the jobs pull in pyspark).
+
+A batch is the folder ``incoming/<batch_id>/``. It is complete when its marker arrives, either
+``_SUCCESS`` (plan every file of the folder) or ``manifest.json`` (plan the files it lists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+from ecom_pipeline.contract import DATASET_ORDER, dataset_of_file
+from ecom_pipeline.tiers import choose_tier
+
+# Mirrors storage.INCOMING ("incoming/<batch_id>/"); storage.py cannot be imported here.
+DEFAULT_INCOMING_PREFIX = "incoming/"
+SUCCESS_MARKER = "_SUCCESS"
+MANIFEST_MARKER = "manifest.json"
+MARKERS = (SUCCESS_MARKER, MANIFEST_MARKER)
+
+# Step Functions execution names, restricted to what is safe everywhere (ARNs, CloudWatch).
+EXECUTION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_HASH_CHARS = 10
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class S3ObjectEvent:
+    bucket: str
+    key: str  # decoded (S3 URL-encodes keys in notifications)
+    size: int
+    event_name: str  # e.g. "ObjectCreated:Put"
+    event_time: str | None = None  # ISO 8601, when S3 stored the object
+
+
+def parse_s3_event(event: dict[str, Any]) -> list[S3ObjectEvent]:
+    """The ObjectCreated records of an S3 notification, in order; other S3 records are dropped.
+
+    Raises ValueError when the event is not an S3 notification or a record lacks its bucket or key.
+    """
+    records = event.get("Records") if isinstance(event, dict) else None
+    if not isinstance(records, list) or not records:
+        raise ValueError("not an S3 notification: the event has no 'Records' list")
+    parsed = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or record.get("eventSource") != "aws:s3":
+            source = record.get("eventSource") if isinstance(record, dict) else None
+            raise ValueError(f"record {index} is not an S3 event (eventSource={source!r})")
+        event_name = record.get("eventName")
+        try:
+            bucket = record["s3"]["bucket"]["name"]
+            raw_key = record["s3"]["object"]["key"]
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"S3 record {index} has no s3.bucket.name or s3.object.key") from error
+        if not isinstance(bucket, str) or not isinstance(raw_key, str) or not bucket:
+            raise ValueError(f"S3 record {index} has a malformed bucket or key")
+        if not isinstance(event_name, str) or not event_name.startswith("ObjectCreated:"):
+            continue
+        size = record["s3"]["object"].get("size", 0)
+        parsed.append(
+            S3ObjectEvent(
+                bucket=bucket,
+                key=unquote_plus(raw_key),
+                size=int(size or 0),
+                event_name=event_name,
+                event_time=record.get("eventTime"),
+            )
+        )
+    return parsed
+
+
+def normalise_prefix(prefix: str) -> str:
+    """``incoming`` and ``incoming/`` both mean the folder ``incoming/``; empty is the root."""
+    stripped = prefix.strip("/")
+    return f"{stripped}/" if stripped else ""
+
+
+def batch_prefix(batch_id: str, incoming_prefix: str = DEFAULT_INCOMING_PREFIX) -> str:
+    return f"{normalise_prefix(incoming_prefix)}{batch_id}/"
+
+
+def is_safe_batch_id(batch_id: str) -> bool:
+    """A batch id usable as one folder name and in other keys: no path tricks."""
+    return bool(
+        batch_id
+        and batch_id.strip() == batch_id
+        and "/" not in batch_id
+        and "\\" not in batch_id
+        and ".." not in batch_id
+        and batch_id != "."
+        and not _CONTROL.search(batch_id)
+    )
+
+
+def classify_key(
+    key: str, incoming_prefix: str = DEFAULT_INCOMING_PREFIX
+) -> tuple[str | None, str | None]:
+    """(batch_id, None) for a batch marker, else (None, why the key starts nothing)."""
+    prefix = normalise_prefix(incoming_prefix)
+    if not key.startswith(prefix):
+        return None, f"outside the prefix {prefix!r}"
+    parts = key[len(prefix) :].split("/")
+    if parts[-1] not in MARKERS:
+        return None, "not a batch marker (_SUCCESS or manifest.json)"
+    if len(parts) != 2:
+        return None, "marker not directly inside a batch folder"
+    batch_id = parts[0]
+    if not is_safe_batch_id(batch_id):
+        return None, f"unsafe batch id {batch_id!r}"
+    return batch_id, None
+
+
+def batch_of_marker(key: str, incoming_prefix: str = DEFAULT_INCOMING_PREFIX) -> str | None:
+    """The batch id of ``<prefix><batch_id>/_SUCCESS`` or ``.../manifest.json``, else None."""
+    return classify_key(key, incoming_prefix)[0]
+
+
+def execution_name(batch_id: str) -> str:
+    """A deterministic Step Functions execution name for the batch.
+
+    A batch id that is already a valid name is used as is. Any other id is sanitised and gets
+    ``-`` plus 10 hex digits of its SHA-256, so distinct ids do not collide. The same batch
+    always gets the same name, so a repeated event cannot start a second run.
+    """
+    if EXECUTION_NAME_PATTERN.match(batch_id):
+        return batch_id
+    digest = hashlib.sha256(batch_id.encode("utf-8")).hexdigest()[:_HASH_CHARS]
+    base = _NAME_UNSAFE.sub("-", batch_id).strip("-")[: 80 - _HASH_CHARS - 1]
+    return f"{base}-{digest}" if base else f"batch-{digest}"
+
+
+def read_manifest(text: str) -> list[str]:
+    """The files a ``manifest.json`` lists, relative to the batch folder.
+
+    The manifest is ``{"files": ["orders/orders_part1.csv", ...]}``; raises ValueError when it is
+    not valid JSON of that shape, is empty, repeats a file or names a path outside the batch.
+    """
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"manifest.json is not valid JSON: {error}") from error
+    files = document.get("files") if isinstance(document, dict) else None
+    if not isinstance(files, list) or not files:
+        raise ValueError('manifest.json must be {"files": [...]} listing at least one file')
+    seen: set[str] = set()
+    for entry in files:
+        if not isinstance(entry, str) or not _is_safe_relative(entry):
+            raise ValueError(f"manifest.json lists an invalid file path: {entry!r}")
+        if entry in seen:
+            raise ValueError(f"manifest.json lists {entry!r} twice")
+        seen.add(entry)
+    return list(files)
+
+
+def _is_safe_relative(path: str) -> bool:
+    parts = path.split("/")
+    return bool(path) and "\\" not in path and all(p not in ("", ".", "..") for p in parts)
+
+
+def plan_execution(
+    bucket: str,
+    batch_id: str,
+    objects: Iterable[tuple[str, int]],
+    *,
+    manifest_files: Sequence[str] | None = None,
+    incoming_prefix: str = DEFAULT_INCOMING_PREFIX,
+    received_at: str | None = None,
+) -> dict[str, Any]:
+    """The state machine's input for a complete batch.
+
+    ``objects`` are the (key, size) of everything under ``<prefix><batch_id>/``. With
+    ``manifest_files`` (from ``read_manifest``) only those files are planned and each must be in
+    ``objects``. Raises tiers.BatchTooLargeError when no tier takes the batch.
+    """
+    if not is_safe_batch_id(batch_id):
+        raise ValueError(f"unsafe batch id {batch_id!r}")
+    folder = batch_prefix(batch_id, incoming_prefix)
+    sizes: dict[str, int] = {}
+    for key, size in objects:
+        if not key.startswith(folder):
+            raise ValueError(f"object {key!r} is not under the batch folder {folder!r}")
+        if key.endswith("/"):
+            continue  # a "folder" created by the console, not a file
+        if size < 0:
+            raise ValueError(f"object {key!r} has a negative size {size}")
+        sizes[key[len(folder) :]] = int(size)
+
+    if manifest_files is None:
+        relatives = sorted(sizes)
+    else:
+        missing = [f for f in manifest_files if f not in sizes]
+        if missing:
+            raise ValueError(
+                f"manifest.json of batch {batch_id!r} lists files that are not in "
+                f"s3://{bucket}/{folder}: {', '.join(missing)}"
+            )
+        relatives = list(manifest_files)
+
+    datasets = {name: {"present": False, "bytes": 0, "files": 0} for name in DATASET_ORDER}
+    unrecognised = []
+    for relative in relatives:
+        if relative in MARKERS:
+            continue
+        dataset = dataset_of_file(relative)
+        if dataset is None:
+            unrecognised.append(folder + relative)
+            continue
+        entry = datasets[dataset]
+        entry["present"] = True
+        entry["files"] += 1
+        entry["bytes"] += sizes[relative]
+
+    total_bytes = sum(entry["bytes"] for entry in datasets.values())
+    return {
+        "batch_id": batch_id,
+        "bucket": bucket,
+        "datasets": datasets,
+        "total_bytes": total_bytes,
+        "tier": choose_tier(total_bytes).as_input(),
+        "unrecognised_files": unrecognised,
+        # when the batch was complete (the marker's event time): the notices' durations start here
+        "received_at": received_at or "",
+    }
+
+
+def execution_arn(state_machine_arn: str, name: str) -> str:
+    """The ARN an execution ``name`` of a standard state machine gets."""
+    parts = state_machine_arn.split(":")
+    if len(parts) != 7 or parts[0] != "arn" or parts[2] != "states" or parts[5] != "stateMachine":
+        raise ValueError(f"not a state machine ARN: {state_machine_arn!r}")
+    return ":".join([*parts[:5], "execution", parts[6], name])

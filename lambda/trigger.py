@@ -1,0 +1,165 @@
+"""S3-triggered Lambda: when a batch's marker lands, start one state machine execution for it.
+
+Environment: STATE_MACHINE_ARN (required), INCOMING_PREFIX (default "incoming/").
+The deployment zip holds this file plus ecom_pipeline/{__init__,contract,tiers,orchestration}.py.
+IAM: s3:ListBucket on the bucket (prefix incoming/), s3:GetObject on incoming/*,
+states:StartExecution on the state machine, states:DescribeExecution on its executions.
+
+Each execution is named after its batch (orchestration.execution_name), so the run of a batch
+starts once however often its marker event arrives. Step Functions answers a repeated
+StartExecution with the same name and input *while the first is running* with success (it is
+idempotent), so the handler first asks whether the execution exists; ExecutionAlreadyExists
+covers the execution having finished or the plan having changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from ecom_pipeline.orchestration import (
+    DEFAULT_INCOMING_PREFIX,
+    MANIFEST_MARKER,
+    batch_prefix,
+    classify_key,
+    execution_arn,
+    execution_name,
+    normalise_prefix,
+    parse_s3_event,
+    plan_execution,
+    read_manifest,
+)
+
+LOGGER = "ecom_pipeline.trigger"
+
+
+@functools.cache
+def _client(service: str) -> Any:
+    """One client per service for the life of the Lambda container, made on first use."""
+    return boto3.client(service)
+
+
+def _log(level: str, message: str, request_id: str | None, **fields: Any) -> None:
+    record = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": LOGGER,
+        "message": message,
+        "aws_request_id": request_id,
+        **fields,
+    }
+    sys.stdout.write(json.dumps(record, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
+    request_id = getattr(context, "aws_request_id", None)
+    log = functools.partial(_log, request_id=request_id)
+    state_machine_arn = os.environ.get("STATE_MACHINE_ARN", "")
+    if not state_machine_arn:
+        log("ERROR", "configuration error", error="STATE_MACHINE_ARN is not set")
+        raise RuntimeError("STATE_MACHINE_ARN is not set")
+    prefix = normalise_prefix(os.environ.get("INCOMING_PREFIX", DEFAULT_INCOMING_PREFIX))
+    try:
+        records = parse_s3_event(event)
+    except ValueError as error:
+        log("ERROR", "malformed event", error=str(error))
+        raise
+
+    started: list[str] = []
+    duplicates: list[str] = []
+    ignored: list[str] = []
+    first_error: Exception | None = None
+    for record in records:
+        batch_id, reason = classify_key(record.key, prefix)
+        if batch_id is None:
+            log("INFO", "ignored", key=record.key, bucket=record.bucket, reason=reason)
+            ignored.append(record.key)
+            continue
+        name = execution_name(batch_id)
+        fields = {"batch_id": batch_id, "execution_name": name, "key": record.key}
+        try:
+            outcome, detail = _start_batch(
+                record.bucket,
+                batch_id,
+                record.key,
+                name,
+                prefix,
+                state_machine_arn,
+                record.event_time,
+            )
+        except Exception as error:
+            # Keep going with the other records; the invocation fails at the end so Lambda
+            # retries it (runs already started are then duplicates).
+            log("ERROR", "batch not started", error=str(error), type=type(error).__name__, **fields)
+            first_error = first_error or error
+            continue
+        if outcome == "started":
+            log("INFO", "started", **fields, **detail)
+            started.append(name)
+        else:
+            log("INFO", "duplicate", reason=detail["reason"], **fields)
+            duplicates.append(name)
+
+    result = {"started": started, "duplicates": duplicates, "ignored": ignored}
+    log("INFO", "done", **{k: len(v) for k, v in result.items()})
+    if first_error is not None:
+        raise first_error
+    return result
+
+
+def _start_batch(
+    bucket: str,
+    batch_id: str,
+    key: str,
+    name: str,
+    prefix: str,
+    state_machine_arn: str,
+    received_at: str | None,
+) -> tuple[str, dict[str, Any]]:
+    """("started", details) or ("duplicate", {"reason": ...})."""
+    sfn = _client("stepfunctions")
+    try:
+        existing = sfn.describe_execution(executionArn=execution_arn(state_machine_arn, name))
+    except sfn.exceptions.ExecutionDoesNotExist:
+        pass
+    else:
+        return "duplicate", {"reason": f"execution exists ({existing['status']})"}
+
+    s3 = _client("s3")
+    folder = batch_prefix(batch_id, prefix)
+    objects = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder):
+        objects.extend((o["Key"], o["Size"]) for o in page.get("Contents", []))
+    manifest_files = None
+    if key.endswith("/" + MANIFEST_MARKER):
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        manifest_files = read_manifest(body.decode("utf-8-sig"))
+    plan = plan_execution(
+        bucket,
+        batch_id,
+        objects,
+        manifest_files=manifest_files,
+        incoming_prefix=prefix,
+        received_at=received_at,
+    )
+    try:
+        response = sfn.start_execution(
+            stateMachineArn=state_machine_arn, name=name, input=json.dumps(plan)
+        )
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ExecutionAlreadyExists":
+            return "duplicate", {"reason": "ExecutionAlreadyExists"}
+        raise
+    return "started", {
+        "execution_arn": response["executionArn"],
+        "tier": plan["tier"]["name"],
+        "total_bytes": plan["total_bytes"],
+    }
