@@ -177,9 +177,7 @@ def _demo(args: argparse.Namespace) -> int:
     result = run_local([sample], args.out)
     print_tables(args.out)
     _print_summary(result)
-    index = sorted((args.out / "data_docs").rglob("index.html"))
-    for page in index:
-        print(f"open {page}")
+    print(f"Data Docs of every batch: open {args.out / 'data_docs' / 'index.html'}")
     return ExitCode.OK if result.success else ExitCode.DATA_REJECTED
 
 

@@ -1,0 +1,87 @@
+"""Size tiers: bigger batches get bigger containers, and Spark stays inside the container."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ecom_pipeline.tiers import (
+    GIB,
+    MIB,
+    TIERS,
+    BatchTooLargeError,
+    choose_tier,
+    is_valid_fargate_size,
+    tier_table_markdown,
+)
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_larger_batches_get_larger_tiers():
+    assert choose_tier(0).name == "small"
+    assert choose_tier(100 * MIB).name == "small"
+    assert choose_tier(1 * GIB).name == "medium"
+    assert choose_tier(3 * GIB).name == "large"
+    assert choose_tier(20 * GIB).name == "xlarge"
+    sizes = [(t.cpu, t.memory_mib) for t in TIERS]
+    assert sizes == sorted(sizes)
+    assert len(set(sizes)) == len(sizes)
+
+
+def test_too_large_batch_is_refused_with_the_way_out():
+    with pytest.raises(BatchTooLargeError, match=r"tiers\.py"):
+        choose_tier(TIERS[-1].max_input_bytes + 1)
+
+
+@pytest.mark.parametrize("tier", TIERS, ids=lambda t: t.name)
+def test_every_tier_is_a_fargate_size_and_spark_fits_in_it(tier):
+    assert is_valid_fargate_size(tier.cpu, tier.memory_mib)
+    # heap plus JVM overhead (10%, at least 384 MiB, Spark's own rule) plus a Python driver
+    overhead = max(384, tier.driver_memory_mib // 10) + 512
+    assert tier.driver_memory_mib + overhead < tier.memory_mib
+    assert 21 <= tier.ephemeral_storage_gib <= 200
+    assert tier.as_input()["cpu"] == str(tier.cpu)
+
+
+def test_the_jvm_heap_follows_the_tier(tmp_path):
+    """A fresh job process with the tier's environment gets exactly the tier's heap."""
+    tier = TIERS[0]
+    script = (
+        "import json; from ecom_pipeline.spark import get_spark; s = get_spark();"
+        "rt = s.sparkContext._jvm.java.lang.Runtime.getRuntime();"
+        "print(json.dumps({'conf': s.conf.get('spark.driver.memory'), 'max': rt.maxMemory(),"
+        " 'partitions': s.conf.get('spark.sql.shuffle.partitions'),"
+        " 'master': s.sparkContext.master}))"
+    )
+    env = {
+        **os.environ,
+        "SPARK_DRIVER_MEMORY": tier.driver_memory,
+        "SPARK_SHUFFLE_PARTITIONS": str(tier.shuffle_partitions),
+        "SPARK_MASTER": tier.as_input()["spark_master"],
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["conf"] == tier.driver_memory
+    assert seen["partitions"] == str(tier.shuffle_partitions)
+    assert seen["master"] == "local[1]"
+    # the JVM reports -Xmx give or take alignment and one survivor space
+    heap = tier.driver_memory_mib * MIB
+    assert 0.85 * heap <= seen["max"] <= 1.01 * heap
+    assert seen["max"] < tier.memory_mib * MIB
+
+
+def test_readme_shows_the_tier_table():
+    assert tier_table_markdown() in README.read_text(encoding="utf-8")
