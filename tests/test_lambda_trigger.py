@@ -189,9 +189,27 @@ def test_plan_execution_exact_input():
         "total_bytes": 400,
         "tier": TIERS[0].as_input(),
         "unrecognised_files": ["incoming/b1/notes.txt", "incoming/b1/products/orders.csv"],
+        "received_at": "",
     }
     assert list(plan["datasets"]) == list(DATASET_ORDER)
     assert json.loads(json.dumps(plan)) == plan
+
+
+def test_plan_execution_carries_the_marker_time():
+    received = "2026-11-25T10:00:00.000Z"
+    plan = plan_execution(BUCKET, "b1", small_batch(), received_at=received)
+    assert plan["received_at"] == received
+    event = {
+        "Records": [
+            {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "eventTime": received,
+                "s3": {"bucket": {"name": BUCKET}, "object": {"key": "incoming/b1/_SUCCESS"}},
+            }
+        ]
+    }
+    assert parse_s3_event(event)[0].event_time == received
 
 
 def test_plan_execution_empty_batch_lists_all_datasets_absent():

@@ -1,0 +1,496 @@
+"""The CloudFormation template (infra/template.yaml) and the Lambda zip builder, checked against
+the code they deploy: the state machine's placeholders, the container name, the environment the
+jobs read, the tier sizes, the table keys. No Spark, no AWS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+from cfnlint.decode import cfn_yaml
+
+from ecom_pipeline import asl, config, contract, orchestration, storage, tiers
+from ecom_pipeline.dynamo import table_definitions
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "infra" / "template.yaml"
+ZIP_BUILDER = ROOT / "infra" / "build_lambda_zip.py"
+CFN_LINT = Path(sys.executable).with_name("cfn-lint")
+
+# Allow statements whose Resource may be "*": AWS offers no resource-level permission for them.
+STAR_RESOURCE_ACTIONS = {
+    "ecr:GetAuthorizationToken": "a registry-wide login token",
+    # Step Functions logging to CloudWatch Logs (vended log delivery)
+    "logs:CreateLogDelivery": "log delivery",
+    "logs:GetLogDelivery": "log delivery",
+    "logs:UpdateLogDelivery": "log delivery",
+    "logs:DeleteLogDelivery": "log delivery",
+    "logs:ListLogDeliveries": "log delivery",
+    "logs:PutResourcePolicy": "log delivery",
+    "logs:DescribeResourcePolicies": "log delivery",
+    "logs:DescribeLogGroups": "log delivery",
+}
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    # cfn-lint's decoder understands !Ref, !Sub, !GetAtt...; plain dicts from here on.
+    return json.loads(json.dumps(cfn_yaml.load(str(TEMPLATE))))
+
+
+def resources_of(template, resource_type):
+    return {
+        name: resource
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == resource_type
+    }
+
+
+def the_one(template, resource_type):
+    found = resources_of(template, resource_type)
+    assert len(found) == 1, f"expected one {resource_type}, found {sorted(found)}"
+    return next(iter(found.items()))
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def task_definition(template):
+    return the_one(template, "AWS::ECS::TaskDefinition")[1]["Properties"]
+
+
+def job_container(template):
+    containers = task_definition(template)["ContainerDefinitions"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def container_env(template):
+    return {e["Name"]: e["Value"] for e in job_container(template)["Environment"]}
+
+
+def ref_target(value):
+    assert isinstance(value, dict), value
+    assert set(value) == {"Ref"}, value
+    return value["Ref"]
+
+
+def policy_statements(template):
+    """(resource name, document kind, statement) of every policy document in the template."""
+    found = []
+
+    def walk(owner, node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("PolicyDocument", "AssumeRolePolicyDocument"):
+                    for statement in as_list(value["Statement"]):
+                        found.append((owner, key, statement))
+                else:
+                    walk(owner, value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(owner, item)
+
+    for name, resource in template["Resources"].items():
+        walk(name, resource.get("Properties", {}))
+    return found
+
+
+def role_statements(template, role):
+    properties = template["Resources"][role]["Properties"]
+    return [s for p in properties["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+
+def statements_with_action(template, role, action):
+    return [s for s in role_statements(template, role) if action in as_list(s["Action"])]
+
+
+# --- cfn-lint ------------------------------------------------------------------------------------
+
+
+def test_cfn_lint_passes():
+    result = subprocess.run(
+        [str(CFN_LINT), str(TEMPLATE)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- IAM -----------------------------------------------------------------------------------------
+
+
+def test_no_wildcard_actions_and_no_star_resources_beyond_the_listed_exceptions(template):
+    statements = policy_statements(template)
+    assert len(statements) >= 20  # the walker found the roles' and the bucket's policies
+    problems = []
+    for owner, kind, statement in statements:
+        assert "NotAction" not in statement, owner
+        assert "NotResource" not in statement, owner
+        actions = as_list(statement["Action"])
+        wildcard = [a for a in actions if isinstance(a, str) and (a == "*" or a.endswith(":*"))]
+        resources = as_list(statement.get("Resource", []))
+        if kind == "AssumeRolePolicyDocument":
+            if actions != ["sts:AssumeRole"]:
+                problems.append(f"{owner}: trust policy allows {actions}")
+            continue
+        is_resource_policy = template["Resources"][owner]["Type"] == "AWS::S3::BucketPolicy"
+        if wildcard and not (is_resource_policy and statement["Effect"] == "Deny"):
+            # A Deny in a resource policy (deny s3:* without TLS) is the only wildcard allowed.
+            problems.append(f"{owner}: wildcard action {wildcard}")
+        if statement["Effect"] == "Allow" and "*" in resources:
+            unjustified = [a for a in actions if a not in STAR_RESOURCE_ACTIONS]
+            if unjustified:
+                problems.append(f"{owner}: Resource '*' for {unjustified}")
+    assert problems == []
+
+
+def test_lambda_role_is_least_privilege(template):
+    assert sorted(
+        a for s in role_statements(template, "TriggerRole") for a in as_list(s["Action"])
+    ) == [
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "s3:GetObject",
+        "s3:ListBucket",
+        "states:DescribeExecution",
+        "states:StartExecution",
+    ]
+    (listing,) = statements_with_action(template, "TriggerRole", "s3:ListBucket")
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["incoming/*"]}}
+    (reading,) = statements_with_action(template, "TriggerRole", "s3:GetObject")
+    assert reading["Resource"]["Fn::Sub"].endswith("/incoming/*")
+
+
+def test_state_machine_role_covers_ecs_sync_and_nothing_broader(template):
+    role = "StateMachineRole"
+    (run,) = statements_with_action(template, role, "ecs:RunTask")
+    assert ref_target(run["Resource"]) == the_one(template, "AWS::ECS::TaskDefinition")[0]
+    (events,) = statements_with_action(template, role, "events:PutRule")
+    assert set(events["Action"]) == {"events:PutTargets", "events:PutRule", "events:DescribeRule"}
+    assert events["Resource"]["Fn::Sub"].endswith(":rule/StepFunctionsGetEventsForECSTaskRule")
+    (watch,) = statements_with_action(template, role, "ecs:DescribeTasks")
+    assert "ecs:StopTask" in watch["Action"]
+    (passing,) = statements_with_action(template, role, "iam:PassRole")
+    assert {r["Fn::GetAtt"][0] for r in passing["Resource"]} == {"JobTaskRole", "JobExecutionRole"}
+    (results,) = statements_with_action(template, role, "s3:GetObject")
+    assert results["Resource"]["Fn::Sub"].endswith(f"/{storage.RESULTS}/*")
+    assert statements_with_action(template, role, "sns:Publish")
+
+
+def test_task_role_reaches_only_the_pipeline_prefixes_tables_and_topic(template):
+    role = "JobTaskRole"
+    (listing,) = statements_with_action(template, role, "s3:ListBucket")
+    prefixes = {storage.INCOMING, storage.STAGING, storage.CURATED, storage.RESULTS}
+    prefixes.add(storage.DATA_DOCS)
+    assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == sorted(
+        f"{p}/*" for p in prefixes
+    )
+    writes = statements_with_action(template, role, "s3:PutObject")
+    written = {r["Fn::Sub"].split("/")[-2] for s in writes for r in as_list(s["Resource"])}
+    assert written == prefixes - {storage.INCOMING}  # incoming/ is read-only for the jobs
+    (tables,) = statements_with_action(template, role, "dynamodb:BatchWriteItem")
+    assert set(tables["Action"]) == {
+        "dynamodb:BatchWriteItem",
+        "dynamodb:PutItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:GetItem",
+        "dynamodb:Query",
+    }
+    table_resources = set(resources_of(template, "AWS::DynamoDB::Table"))
+    assert {r["Fn::GetAtt"][0] for r in tables["Resource"]} == table_resources
+
+
+# --- Step Functions ------------------------------------------------------------------------------
+
+
+def test_definition_substitutions_are_exactly_the_placeholders(template):
+    _, machine = the_one(template, "AWS::StepFunctions::StateMachine")
+    substitutions = machine["Properties"]["DefinitionSubstitutions"]
+    assert set(substitutions) == set(asl.PLACEHOLDERS)
+    assert substitutions["ContainerName"] == asl.CONTAINER_NAME
+    definition = TEMPLATE.parent / machine["Properties"]["DefinitionS3Location"]
+    assert definition.resolve() == ROOT / "stepfunctions" / "pipeline.asl.json"
+    # every placeholder of the definition file has a value and every value a placeholder
+    asl.substitute(definition.read_text(encoding="utf-8"), dict.fromkeys(substitutions, "x"))
+
+
+def test_lambda_starts_the_state_machine_of_this_stack(template):
+    _, machine = the_one(template, "AWS::StepFunctions::StateMachine")
+    name = machine["Properties"]["StateMachineName"]["Fn::Sub"]
+    _, function = the_one(template, "AWS::Lambda::Function")
+    env = function["Properties"]["Environment"]["Variables"]
+    arn = env["STATE_MACHINE_ARN"]["Fn::Sub"]
+    assert arn.endswith(f":stateMachine:{name}")
+    (start,) = statements_with_action(template, "TriggerRole", "states:StartExecution")
+    assert start["Resource"]["Fn::Sub"] == arn
+    (describe,) = statements_with_action(template, "TriggerRole", "states:DescribeExecution")
+    assert describe["Resource"]["Fn::Sub"].endswith(f":execution:{name}:*")
+    assert env["INCOMING_PREFIX"] == orchestration.DEFAULT_INCOMING_PREFIX
+    assert function["Properties"]["Handler"] == "trigger.handler"
+    assert function["Properties"]["Runtime"] == "python3.11"
+    code = (TEMPLATE.parent / function["Properties"]["Code"]).resolve()
+    assert code == (ROOT / "build" / "lambda" / "trigger.zip")
+
+
+def test_bucket_notifies_the_lambda_on_both_markers(template):
+    name, bucket = the_one(template, "AWS::S3::Bucket")
+    configurations = bucket["Properties"]["NotificationConfiguration"]["LambdaConfigurations"]
+    filters = set()
+    for configuration in configurations:
+        assert configuration["Event"] == "s3:ObjectCreated:*"
+        assert configuration["Function"] == {"Fn::GetAtt": ["TriggerFunction", "Arn"]}
+        rules = {r["Name"]: r["Value"] for r in configuration["Filter"]["S3Key"]["Rules"]}
+        filters.add((rules["prefix"], rules["suffix"]))
+    assert filters == {(f"{storage.INCOMING}/", marker) for marker in orchestration.MARKERS}
+    # the permission S3 needs names this bucket (built from the same expression as its name)
+    _, permission = the_one(template, "AWS::Lambda::Permission")
+    bucket_name = bucket["Properties"]["BucketName"]["Fn::Sub"]
+    assert permission["Properties"]["SourceArn"]["Fn::Sub"].endswith(f":s3:::{bucket_name}")
+    assert permission["Properties"]["Principal"] == "s3.amazonaws.com"
+    assert "TriggerInvokePermission" in as_list(bucket["DependsOn"])
+    for statement in role_statements(template, "TriggerRole"):
+        resource = statement["Resource"]
+        if statement["Action"] in ("s3:ListBucket", "s3:GetObject"):
+            assert f":s3:::{bucket_name}" in resource["Fn::Sub"], name
+
+
+def test_bucket_is_encrypted_private_and_tls_only(template):
+    name, bucket = the_one(template, "AWS::S3::Bucket")
+    properties = bucket["Properties"]
+    (rule,) = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert set(properties["PublicAccessBlockConfiguration"].values()) == {True}
+    assert len(properties["PublicAccessBlockConfiguration"]) == 4
+    _, policy = the_one(template, "AWS::S3::BucketPolicy")
+    assert ref_target(policy["Properties"]["Bucket"]) == name
+    denies = [
+        s
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Deny"
+        and str(s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport")).lower()
+        == "false"
+    ]
+    assert len(denies) == 1
+    assert denies[0]["Principal"] == "*"
+    assert denies[0]["Action"] in ("s3:*", ["s3:*"])
+    assert len(denies[0]["Resource"]) == 2  # the bucket and its objects
+
+
+# --- ECS -----------------------------------------------------------------------------------------
+
+
+def test_task_definition_runs_the_pipeline_container_with_the_jobs_environment(template):
+    container = job_container(template)
+    assert container["Name"] == asl.CONTAINER_NAME
+    assert ref_target(container["Image"]) == "ImageUri"
+    assert container["ReadonlyRootFilesystem"] is False
+    env = container_env(template)
+    # the image sets PIPELINE_WORK_DIR (docker/Dockerfile); everything else comes from here
+    required = set(config.ENVIRONMENT.values()) - {config.ENVIRONMENT["work_dir"]}
+    assert required <= set(env)
+    assert "AWS_REGION" in env
+    # every name set is one the jobs read (PipelineConfig.to_env gives them all)
+    known = config.PipelineConfig(bucket="b", topic_arn="t").to_env()
+    assert set(env) <= set(known)
+    assert ref_target(env["PIPELINE_BUCKET"]) == the_one(template, "AWS::S3::Bucket")[0]
+    assert ref_target(env["NOTIFY_TOPIC_ARN"]) == the_one(template, "AWS::SNS::Topic")[0]
+    logs = container["LogConfiguration"]
+    assert logs["LogDriver"] == "awslogs"
+    assert ref_target(logs["Options"]["awslogs-group"]) in resources_of(
+        template, "AWS::Logs::LogGroup"
+    )
+    properties = task_definition(template)
+    assert properties["TaskRoleArn"] == {"Fn::GetAtt": ["JobTaskRole", "Arn"]}
+    assert properties["ExecutionRoleArn"] == {"Fn::GetAtt": ["JobExecutionRole", "Arn"]}
+
+
+def test_task_definition_size_is_the_smallest_tier_and_a_fargate_size(template):
+    properties = task_definition(template)
+    cpu, memory = int(properties["Cpu"]), int(properties["Memory"])
+    assert tiers.is_valid_fargate_size(cpu, memory)
+    smallest = tiers.TIERS[0]
+    assert (cpu, memory) == (smallest.cpu, smallest.memory_mib)
+    assert properties["EphemeralStorage"]["SizeInGiB"] == smallest.ephemeral_storage_gib
+    assert properties["RequiresCompatibilities"] == ["FARGATE"]
+    assert properties["NetworkMode"] == "awsvpc"
+    # container-level limits would cap the state machine's task-level overrides
+    assert "Memory" not in job_container(template)
+    assert "Cpu" not in job_container(template)
+
+
+@pytest.mark.parametrize("tier", tiers.TIERS, ids=lambda t: t.name)
+def test_every_tier_fits_fargate_and_leaves_room_beside_the_driver_heap(tier):
+    assert tiers.is_valid_fargate_size(tier.cpu, tier.memory_mib)
+    assert tier.driver_memory_mib < tier.memory_mib
+    low, high = tiers.FARGATE_EPHEMERAL_GIB
+    assert low <= tier.ephemeral_storage_gib <= high
+
+
+# CloudFormation property names whose values are maps with free-form keys (kept as they are).
+_FREE_FORM_MAPS = {"Options", "DockerLabels"}
+
+
+def _api_shape(node: Any, key: str | None = None) -> Any:
+    """CloudFormation properties -> ECS API parameters: camelCase keys, intrinsics as dummies."""
+    if isinstance(node, dict):
+        if len(node) == 1 and (next(iter(node)) == "Ref" or next(iter(node)).startswith("Fn::")):
+            return f"dummy-{key or 'value'}"
+        if key in _FREE_FORM_MAPS:
+            return {k: _api_shape(v, k) for k, v in node.items()}
+        return {k[0].lower() + k[1:]: _api_shape(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_api_shape(item, key) for item in node]
+    return node
+
+
+def test_task_definition_is_a_valid_register_task_definition_request(template):
+    params = _api_shape(task_definition(template))
+    shape = (
+        botocore.session.get_session()
+        .get_service_model("ecs")
+        .operation_model("RegisterTaskDefinition")
+        .input_shape
+    )
+    report = ParamValidator().validate(params, shape)
+    assert not report.has_errors(), report.generate_report()
+    # the validator does see mistakes: a misspelt property is an error
+    broken = dict(params, containerDefinitons=params["containerDefinitions"])
+    assert ParamValidator().validate(broken, shape).has_errors()
+
+
+def test_security_group_allows_only_https_out(template):
+    _, group = the_one(template, "AWS::EC2::SecurityGroup")
+    assert "SecurityGroupIngress" not in group["Properties"]
+    (egress,) = group["Properties"]["SecurityGroupEgress"]
+    assert (egress["IpProtocol"], egress["FromPort"], egress["ToPort"]) == ("tcp", 443, 443)
+    assert resources_of(template, "AWS::EC2::SecurityGroupIngress") == {}
+    assert resources_of(template, "AWS::EC2::SecurityGroupEgress") == {}
+
+
+def test_cluster_has_container_insights(template):
+    _, cluster = the_one(template, "AWS::ECS::Cluster")
+    settings = {s["Name"]: s["Value"] for s in cluster["Properties"]["ClusterSettings"]}
+    assert settings["containerInsights"] in ("enabled", "enhanced")
+
+
+# --- DynamoDB and SNS ----------------------------------------------------------------------------
+
+
+def test_tables_have_the_contract_keys_pitr_and_encryption(template):
+    env = container_env(template)
+    by_env = {
+        contract.CATEGORY_TABLE: ref_target(env[config.ENVIRONMENT["category_table"]]),
+        contract.ORDER_TABLE: ref_target(env[config.ENVIRONMENT["order_table"]]),
+    }
+    definitions = {d["TableName"]: d for d in table_definitions()}
+    assert set(by_env) == set(definitions)
+    assert set(by_env.values()) == set(resources_of(template, "AWS::DynamoDB::Table"))
+    for table, resource in by_env.items():
+        properties = template["Resources"][resource]["Properties"]
+        assert properties["KeySchema"] == definitions[table]["KeySchema"], table
+        assert sorted(properties["AttributeDefinitions"], key=str) == sorted(
+            definitions[table]["AttributeDefinitions"], key=str
+        )
+        assert properties["BillingMode"] == "PAY_PER_REQUEST"
+        assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+        assert properties["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_topic_is_encrypted_and_the_email_subscription_is_optional(template):
+    name, topic = the_one(template, "AWS::SNS::Topic")
+    assert topic["Properties"]["KmsMasterKeyId"] == "alias/aws/sns"
+    _, subscription = the_one(template, "AWS::SNS::Subscription")
+    assert ref_target(subscription["Properties"]["TopicArn"]) == name
+    condition = template["Conditions"][subscription["Condition"]]
+    assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "NotificationEmail"}, ""]}]}
+    assert template["Parameters"]["NotificationEmail"]["Default"] == ""
+
+
+def test_outputs_name_the_bucket_state_machine_tables_and_topic(template):
+    targets = set()
+    for output in template["Outputs"].values():
+        value = output["Value"]
+        targets.add(value.get("Ref") or value.get("Fn::GetAtt", [None])[0])
+    expected = {
+        the_one(template, "AWS::S3::Bucket")[0],
+        the_one(template, "AWS::StepFunctions::StateMachine")[0],
+        the_one(template, "AWS::SNS::Topic")[0],
+        *resources_of(template, "AWS::DynamoDB::Table"),
+    }
+    assert expected <= targets
+
+
+# --- The Lambda zip ------------------------------------------------------------------------------
+
+_IMPORT_CHECK = """
+import json, sys
+sys.modules["pyspark"] = None  # any import of pyspark now raises ImportError
+directory = sys.argv[1]
+sys.path.insert(0, directory)
+import trigger
+import ecom_pipeline
+assert callable(trigger.handler)
+print(json.dumps({
+    "trigger": trigger.__file__,
+    "package": ecom_pipeline.__file__,
+    "modules": sorted(m for m in sys.modules if m.startswith("ecom_pipeline")),
+}))
+"""
+
+
+def test_lambda_zip_holds_the_handler_and_imports_without_pyspark(tmp_path):
+    out = tmp_path / "trigger.zip"
+    subprocess.run(
+        [sys.executable, str(ZIP_BUILDER), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    with zipfile.ZipFile(out) as archive:
+        names = set(archive.namelist())
+        archive.extractall(tmp_path / "unzipped")
+    assert names == {
+        "trigger.py",
+        "ecom_pipeline/__init__.py",
+        "ecom_pipeline/contract.py",
+        "ecom_pipeline/tiers.py",
+        "ecom_pipeline/orchestration.py",
+    }
+    directory = tmp_path / "unzipped"
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHECK, str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    # imported from the zip's files, not from the installed project
+    assert Path(loaded["trigger"]).parent == directory
+    assert Path(loaded["package"]).parent == directory / "ecom_pipeline"
+    assert loaded["modules"] == [
+        "ecom_pipeline",
+        "ecom_pipeline.contract",
+        "ecom_pipeline.orchestration",
+        "ecom_pipeline.tiers",
+    ]
+
+
+def test_lambda_zip_is_reproducible(tmp_path):
+    outs = [tmp_path / "a.zip", tmp_path / "b.zip"]
+    for out in outs:
+        subprocess.run(
+            [sys.executable, str(ZIP_BUILDER), "--out", str(out)], check=True, capture_output=True
+        )
+    assert outs[0].read_bytes() == outs[1].read_bytes()
