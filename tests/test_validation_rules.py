@@ -15,7 +15,7 @@ from ecom_pipeline.ingest import DataFile, read_header
 from ecom_pipeline.quality import load_suite_document, run_suite
 from ecom_pipeline.validation import (
     checkable_columns,
-    header_failures,
+    file_failures,
     read_checkable,
     with_reference_checks,
 )
@@ -102,7 +102,7 @@ def _validate(spark, folder: Path, dataset_name: str, files: list[DataFile], kno
         run_name="test",
         project_dir=folder / "gx",
     )
-    return outcome, header_failures(dataset, files)
+    return outcome, file_failures(dataset, files)[0]
 
 
 @pytest.fixture(scope="module")

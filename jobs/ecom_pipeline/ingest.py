@@ -92,6 +92,69 @@ def read_header(path: Path) -> list[str]:
     return [name.strip() for name in first_record]
 
 
+_CHUNK = 1 << 20
+_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why a file cannot be read as a UTF-8 CSV file at all, or None when it can.
+
+    Spark would read such files anyway (invalid bytes become U+FFFD, a gzip stream becomes
+    garbage rows), so they are refused before Spark sees them, with the reason spelled out.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with path.open("rb") as raw:
+        head = raw.read(4096)
+    if head.startswith(b"\x1f\x8b"):
+        return "not a CSV file: gzip-compressed data (upload the uncompressed .csv)"
+    if head.startswith(b"PK\x03\x04"):
+        return "not a CSV file: a zip archive"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):
+        return "not a CSV file: it looks like JSON"
+    invalid = first_invalid_utf8(path)
+    if invalid is not None:
+        line, byte = invalid
+        return f"not UTF-8 text: invalid byte 0x{byte:02x} on line {line}"
+    header = read_header(path)
+    if len(header) == 1:
+        for delimiter, name in _DELIMITERS.items():
+            if delimiter in header[0]:
+                return (
+                    f"wrong delimiter: the header is one column split by {name}s "
+                    f"({header[0][:60]!r}); fields must be separated by commas"
+                )
+    return None
+
+
+def has_no_data_rows(path: Path) -> bool:
+    """True for a file holding a header and nothing else (blank lines aside)."""
+    if path.stat().st_size > _CHUNK:
+        return False
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    records = [r for r in csv.reader(text.splitlines()) if any(field.strip() for field in r)]
+    return len(records) <= 1
+
+
+def first_invalid_utf8(path: Path) -> tuple[int, int] | None:
+    """(line number, byte value) of the first byte that is not UTF-8, or None. Streams."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    lines_before = 1
+    with path.open("rb") as raw:
+        while chunk := raw.read(_CHUNK):
+            try:
+                decoder.decode(chunk, final=False)
+            except UnicodeDecodeError as e:
+                return lines_before + chunk[: e.start].count(b"\n"), chunk[e.start]
+            lines_before += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return lines_before, 0
+    return None
+
+
 def read_raw(spark: SparkSession, files: Sequence[DataFile]) -> DataFrame:
     """All files of one dataset as text columns, named after each file's own header.
 
@@ -119,6 +182,9 @@ def read_raw(spark: SparkSession, files: Sequence[DataFile]) -> DataFrame:
             spark.read.schema(schema)
             .option("header", True)
             .option("multiLine", True)
+            # RFC 4180: a quote inside a quoted field is doubled ("").
+            .option("quote", '"')
+            .option("escape", '"')
             .option("mode", "PERMISSIVE")
             .option("columnNameOfCorruptRecord", _CORRUPT)
             .option("encoding", "UTF-8")

@@ -24,10 +24,12 @@ from ecom_pipeline.ingest import (
     HeaderError,
     accepted,
     expected_checkable_columns,
+    has_no_data_rows,
     read_header,
     read_raw,
     to_checkable,
     typed_schema,
+    unreadable_reason,
 )
 from ecom_pipeline.quality import RuleFailure, run_suite
 from ecom_pipeline.storage import (
@@ -126,25 +128,43 @@ class ValidationReport:
         }
 
 
-def header_failures(dataset: Dataset, files: list[DataFile]) -> list[RuleFailure]:
-    """Per-file header problems, named by file (GX sees only the union of all files)."""
+def file_failures(
+    dataset: Dataset, files: list[DataFile]
+) -> tuple[list[RuleFailure], list[DataFile]]:
+    """Per-file problems, named by file (GX sees only the union of all files), and the files
+    Spark can read. A file that is not UTF-8 CSV text at all is reported and left out; a file
+    with a wrong header is reported and still read, so the Data Docs show its columns."""
     failures = []
+    readable = []
     for data_file in files:
+        reason = unreadable_reason(data_file.local_path)
+        if reason is not None:
+            failures.append(_file_failure("CSV text file", data_file, error=reason))
+            continue
+        readable.append(data_file)
+        if has_no_data_rows(data_file.local_path):
+            failures.append(
+                _file_failure("at least one row", data_file, error="the file has a header only")
+            )
         error, details = _header_problem(dataset, data_file.local_path)
         if error or details:
-            failures.append(
-                RuleFailure(
-                    "exact columns",
-                    "header",
-                    column=None,
-                    unexpected_count=None,
-                    element_count=None,
-                    details=details,
-                    error=error,
-                    file=data_file.name,
-                )
-            )
-    return failures
+            failures.append(_file_failure("exact columns", data_file, error=error, details=details))
+    return failures, readable
+
+
+def _file_failure(
+    rule: str, data_file: DataFile, *, error: str | None = None, details: dict | None = None
+) -> RuleFailure:
+    return RuleFailure(
+        rule,
+        "file",
+        column=None,
+        unexpected_count=None,
+        element_count=None,
+        details=details or {},
+        error=error,
+        file=data_file.name,
+    )
 
 
 def _header_problem(dataset: Dataset, path: Path) -> tuple[str | None, dict[str, list[str]]]:
@@ -217,15 +237,15 @@ def validate_dataset(
         raise ValueError(
             f"batch {batch_id} has no {dataset_name} files under {incoming_prefix(batch_id)}"
         )
-    with logs.step(log, "read", files=len(files)):
-        frame = read_checkable(spark, dataset, files)
+    failures, readable = file_failures(dataset, files)
+    with logs.step(log, "read", files=len(readable), refused_files=len(files) - len(readable)):
+        frame = read_checkable(spark, dataset, readable)
         if dataset.foreign_keys:
             frame = with_reference_checks(
                 frame, dataset, _known_references(spark, dataset, batch, store, work)
             )
         frame = frame.cache()
         rows = frame.count()
-    failures = header_failures(dataset, files)
     with logs.step(log, "expectations", rows=rows) as outcome_fields:
         outcome = run_suite(
             frame,
@@ -283,7 +303,9 @@ def _known_references(
         )
         curated = read_curated(spark, curated_dir, target)
         keep = [fk.target_column] + (["user_id"] if target.name == "orders" else [])
-        batch_files = batch.files(target.name)
+        batch_files = [
+            f for f in batch.files(target.name) if unreadable_reason(f.local_path) is None
+        ]
         batch_rows = read_checkable(spark, target, batch_files) if batch_files else None
         if batch_rows is not None and not set(keep) <= set(batch_rows.columns):
             batch_rows = None  # that file's own validation reports the missing columns
