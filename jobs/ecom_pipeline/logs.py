@@ -85,3 +85,36 @@ def step(logger: logging.Logger, name: str, **fields: Any) -> Iterator[dict[str,
             **extra,
         },
     )
+
+
+METRICS_NAMESPACE = "EcomPipeline"
+
+
+def emit_metrics(
+    logger: logging.Logger,
+    dimensions: dict[str, str],
+    values: dict[str, float],
+    units: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Log one line in CloudWatch Embedded Metric Format: CloudWatch turns ``values`` into
+    metrics of :data:`METRICS_NAMESPACE` with ``dimensions``, and the line stays queryable as a
+    log (batch_id and the other context fields ride along). Returns the line's fields."""
+    units = units or {}
+    fields: dict[str, Any] = {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": METRICS_NAMESPACE,
+                    "Dimensions": [sorted(dimensions)],
+                    "Metrics": [
+                        {"Name": name, "Unit": units.get(name, "Count")} for name in values
+                    ],
+                }
+            ],
+        },
+        **dimensions,
+        **values,
+    }
+    logger.info("metrics", extra=fields)
+    return fields

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,7 @@ def validate_dataset(
     spark: SparkSession, config: PipelineConfig, batch_id: str, dataset_name: str
 ) -> ValidationReport:
     """Check one dataset of a batch; on success stage its accepted rows for the KPI job."""
+    started = time.perf_counter()
     dataset = DATASETS[dataset_name]
     logs.bind(batch_id=batch_id, dataset=dataset_name, job="validate")
     store = BucketStore(config.bucket, config.aws)
@@ -284,6 +286,19 @@ def validate_dataset(
         index_fields["index"] = f"s3://{config.bucket}/{publish_index(store)}"
     for message in report.messages():
         log.error(message, extra={"event": "rule_failed"})
+    logs.emit_metrics(
+        log,
+        {"job": "validate", "dataset": dataset_name},
+        {
+            "FilesRead": len(files),
+            "FilesRefused": len(files) - len(readable),
+            "RowsRead": rows,
+            "RulesFailed": len(report.failures),
+            "BatchRejected": 0 if report.success else 1,
+            "ValidationSeconds": round(time.perf_counter() - started, 3),
+        },
+        {"ValidationSeconds": "Seconds"},
+    )
     log.info(
         "validation %s",
         "passed" if report.success else "failed",

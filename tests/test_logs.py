@@ -1,0 +1,57 @@
+"""Structured logs: one JSON object a line with the bound context; metrics in CloudWatch EMF."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from ecom_pipeline import logs
+
+
+@pytest.fixture
+def log_file(tmp_path):
+    path = tmp_path / "log.jsonl"
+    logs.configure(path=path)
+    yield path
+    logs.unbind("batch_id", "execution_id")
+    logs.configure()
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_line_is_json_with_the_bound_context(log_file):
+    logs.bind(batch_id="b7", execution_id="arn:exec")
+    logger = logging.getLogger("ecom_pipeline.test")
+    with logs.step(logger, "read", files=3) as fields:
+        fields["rows"] = 10
+    lines = _lines(log_file)
+    assert [line["message"] for line in lines] == ["read started", "read finished"]
+    assert all(line["batch_id"] == "b7" and line["execution_id"] == "arn:exec" for line in lines)
+    assert lines[1]["rows"] == 10
+    assert lines[1]["duration_s"] >= 0
+
+
+def test_metrics_are_embedded_metric_format(log_file):
+    logs.bind(batch_id="b8")
+    logs.emit_metrics(
+        logging.getLogger("ecom_pipeline.test"),
+        {"job": "validate", "dataset": "orders"},
+        {"RowsRead": 9000, "ValidationSeconds": 4.2},
+        {"ValidationSeconds": "Seconds"},
+    )
+    (line,) = _lines(log_file)
+    directive = line["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == logs.METRICS_NAMESPACE
+    assert directive["Dimensions"] == [["dataset", "job"]]
+    assert {m["Name"]: m["Unit"] for m in directive["Metrics"]} == {
+        "RowsRead": "Count",
+        "ValidationSeconds": "Seconds",
+    }
+    # EMF reads dimension and metric values from the same object's top level
+    assert (line["job"], line["dataset"], line["RowsRead"]) == ("validate", "orders", 9000)
+    assert isinstance(line["_aws"]["Timestamp"], int)
+    assert line["batch_id"] == "b8"
