@@ -10,9 +10,13 @@ from pyspark.sql.types import DecimalType, LongType, StringType, StructField, St
 
 from ecom_pipeline.aws import AwsSettings
 from ecom_pipeline.contract import (
+    CATEGORY_BY_DATE_INDEX,
     CATEGORY_ITEM_ATTRIBUTES,
     CATEGORY_TABLE,
     CATEGORY_TABLE_KEY,
+    KEY_ATTRIBUTE_TYPES,
+    ORDER_BY_MONTH_INDEX,
+    ORDER_MONTH_ATTRIBUTE,
     ORDER_TABLE,
     ORDER_TABLE_KEY,
 )
@@ -93,10 +97,40 @@ def test_table_definitions_follow_the_contract():
     ]
     for definition in definitions.values():
         assert definition["BillingMode"] == "PAY_PER_REQUEST"
-        assert {a["AttributeType"] for a in definition["AttributeDefinitions"]} == {"S"}
-        assert [a["AttributeName"] for a in definition["AttributeDefinitions"]] == [
-            k["AttributeName"] for k in definition["KeySchema"]
+        # every key attribute (table and indexes) is defined once, with the contract's type
+        key_names = [k["AttributeName"] for k in definition["KeySchema"]] + [
+            k["AttributeName"]
+            for index in definition.get("GlobalSecondaryIndexes", [])
+            for k in index["KeySchema"]
         ]
+        defined = {
+            a["AttributeName"]: a["AttributeType"] for a in definition["AttributeDefinitions"]
+        }
+        assert len(defined) == len(definition["AttributeDefinitions"])
+        assert set(defined) == set(key_names)
+        assert {a: KEY_ATTRIBUTE_TYPES[a] for a in defined} == defined
+    # the access-pattern indexes: all categories of a date by revenue; order dates by month
+    assert category["GlobalSecondaryIndexes"] == [
+        {
+            "IndexName": CATEGORY_BY_DATE_INDEX.name,
+            "KeySchema": [
+                {"AttributeName": "order_date", "KeyType": "HASH"},
+                {"AttributeName": "daily_revenue", "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "ALL"},
+        }
+    ]
+    assert KEY_ATTRIBUTE_TYPES["daily_revenue"] == "N"  # numeric order, not text order
+    assert definitions[ORDER_TABLE]["GlobalSecondaryIndexes"] == [
+        {
+            "IndexName": ORDER_BY_MONTH_INDEX.name,
+            "KeySchema": [
+                {"AttributeName": ORDER_MONTH_ATTRIBUTE, "KeyType": "HASH"},
+                {"AttributeName": "order_date", "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "ALL"},
+        }
+    ]
 
 
 # --- send_batch --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from botocore.validate import ParamValidator
 from cfnlint.decode import cfn_yaml
 
-from ecom_pipeline import asl, config, contract, orchestration, storage, tiers
+from ecom_pipeline import asl, config, contract, dashboard, orchestration, storage, tiers
 from ecom_pipeline.dynamo import table_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +197,8 @@ def test_task_role_reaches_only_the_pipeline_prefixes_tables_and_topic(template)
     )
     writes = statements_with_action(template, role, "s3:PutObject")
     written = {r["Fn::Sub"].split("/")[-2] for s in writes for r in as_list(s["Resource"])}
-    assert written == prefixes - {storage.INCOMING}  # incoming/ is read-only for the jobs
+    # incoming/ is read-only for the jobs; the KPI job also publishes the dashboard
+    assert written == prefixes - {storage.INCOMING} | {dashboard.DASHBOARD_PREFIX}
     (tables,) = statements_with_action(template, role, "dynamodb:BatchWriteItem")
     assert set(tables["Action"]) == {
         "dynamodb:BatchWriteItem",
@@ -402,8 +403,63 @@ def test_tables_have_the_contract_keys_pitr_and_encryption(template):
             definitions[table]["AttributeDefinitions"], key=str
         )
         assert properties["BillingMode"] == "PAY_PER_REQUEST"
+        assert sorted(properties.get("GlobalSecondaryIndexes", []), key=str) == sorted(
+            definitions[table].get("GlobalSecondaryIndexes", []), key=str
+        ), table
         assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert properties["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_every_access_pattern_index_exists_in_the_template(template):
+    env = container_env(template)
+    resources = {
+        contract.CATEGORY_TABLE: ref_target(env[config.ENVIRONMENT["category_table"]]),
+        contract.ORDER_TABLE: ref_target(env[config.ENVIRONMENT["order_table"]]),
+    }
+    assert len(contract.INDEXES) == 2
+    for index in contract.INDEXES:
+        properties = template["Resources"][resources[index.table]]["Properties"]
+        (found,) = [i for i in properties["GlobalSecondaryIndexes"] if i["IndexName"] == index.name]
+        assert [k["AttributeName"] for k in found["KeySchema"]] == list(index.key)
+        assert found["Projection"] == {"ProjectionType": "ALL"}  # a Query returns whole items
+        types = {a["AttributeName"]: a["AttributeType"] for a in properties["AttributeDefinitions"]}
+        assert {name: types[name] for name in index.key} == {
+            name: contract.KEY_ATTRIBUTE_TYPES[name] for name in index.key
+        }
+
+
+def _index_arns(statement):
+    return {
+        tuple(r["Fn::Sub"].split("/index/"))
+        for r in as_list(statement["Resource"])
+        if isinstance(r, dict) and "Fn::Sub" in r
+    }
+
+
+def test_task_role_and_reader_policy_may_query_the_indexes(template):
+    env = container_env(template)
+    table_resource = {
+        contract.CATEGORY_TABLE: ref_target(env[config.ENVIRONMENT["category_table"]]),
+        contract.ORDER_TABLE: ref_target(env[config.ENVIRONMENT["order_table"]]),
+    }
+    indexes = {(f"${{{table_resource[i.table]}.Arn}}", i.name) for i in contract.INDEXES}
+    (job,) = [
+        s for s in role_statements(template, "JobTaskRole") if s["Action"] == "dynamodb:Query"
+    ]
+    assert _index_arns(job) == indexes
+    _, reader = the_one(template, "AWS::IAM::ManagedPolicy")
+    statements = reader["Properties"]["PolicyDocument"]["Statement"]
+    actions = sorted(a for s in statements for a in as_list(s["Action"]))
+    assert actions == ["dynamodb:Query", "s3:GetObject"]  # read only, and no Scan
+    (query,) = [s for s in statements if s["Action"] == "dynamodb:Query"]
+    assert _index_arns(query) == indexes
+    tables = {r["Fn::GetAtt"][0] for r in as_list(query["Resource"]) if "Fn::GetAtt" in r}
+    assert tables == set(table_resource.values())
+    (read,) = [s for s in statements if s["Action"] == "s3:GetObject"]
+    assert {r["Fn::Sub"].split("/")[-2] for r in read["Resource"]} == {
+        dashboard.DASHBOARD_PREFIX,
+        storage.DATA_DOCS,
+    }
 
 
 def test_topic_is_encrypted_and_the_email_subscription_is_optional(template):

@@ -278,3 +278,35 @@ def test_upload_dir_and_download_prefix_round_trip(aws, tmp_path):
     for relative, content in files.items():
         assert (dest / relative).read_text() == content
     assert not (dest / "elsewhere.txt").exists()  # runs/r10/ is not under runs/r1/
+
+
+def test_export_leaves_out_index_attributes_and_import_puts_them_back(aws, tmp_path):
+    dynamodb = aws.client("dynamodb")
+    dynamodb.put_item(
+        TableName=ORDER_TABLE,
+        Item={
+            "order_date": {"S": "2025-03-31"},
+            "order_month": {"S": "2025-03"},
+            "total_orders": {"N": "7"},
+            "return_rate": {"N": "0.1429"},
+        },
+    )
+    path = tmp_path / "orders.jsonl"
+    aws.export_table(ORDER_TABLE, path)
+    line = '{"order_date":"2025-03-31","return_rate":0.1429,"total_orders":7}'
+    assert line in path.read_text().splitlines()  # the contract's attributes only
+
+    dynamodb.delete_item(TableName=ORDER_TABLE, Key={"order_date": {"S": "2025-03-31"}})
+    path.write_text(line + "\n")
+    assert aws.import_table(ORDER_TABLE, path) == 1
+    item = dynamodb.get_item(TableName=ORDER_TABLE, Key={"order_date": {"S": "2025-03-31"}})
+    assert item["Item"] == {
+        "order_date": {"S": "2025-03-31"},
+        "order_month": {"S": "2025-03"},  # computed again, so the month index finds it
+        "total_orders": {"N": "7"},
+        "return_rate": {"N": "0.1429"},  # exact: parsed as a Decimal, not a float
+    }
+
+    path.write_text('{"total_orders": 1}\n')
+    with pytest.raises(ValueError, match=r"orders.jsonl:1: not a KPI item"):
+        aws.import_table(ORDER_TABLE, path)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import re
+import shutil
+import zlib
+from collections import Counter
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,7 @@ from ecom_pipeline.local_sfn import InProcessRunner, enable_interpreter, local_e
 from ecom_pipeline.run_local import LocalPipeline, run_local, s3_event
 from ecom_pipeline.tiers import TIERS
 from reference_kpis import as_json_ready, kpis_from_batches
+from test_data_docs_browser import _png_size, _run_chromium, parse
 
 SEED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-sample"
 pytestmark = pytest.mark.e2e
@@ -88,6 +95,219 @@ def test_seed_sample_exports_notice_and_data_docs(seed_run):
     assert [v["status"] for v in notice["validations"]] == ["PASSED"] * 3
     for dataset in DATASETS:
         assert (out / "data_docs" / "seed-sample" / dataset / "index.html").is_file()
+
+
+# --- The dashboard of the seed sample, in a real browser ------------------------------------------
+
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "dashboard.png"
+SCREENSHOT_SIZE = (1280, 1340)
+
+
+@pytest.fixture(scope="module")
+def dashboard(seed_run):
+    """The exported dashboard's DOM after Chromium loaded it (offline: every host unresolvable)."""
+    _, out = seed_run
+    page = out / "dashboard" / "index.html"
+    assert page.is_file(), "run-local did not export the dashboard"
+    return parse(_run_chromium("--dump-dom", page.resolve().as_uri()))
+
+
+def _series(dom, tag, series):
+    return {
+        node.attrs["data-date"]: node
+        for node in dom.find_all(tag, data_series=series)
+        if "data-date" in node.attrs
+    }
+
+
+def test_dashboard_shows_the_worked_example(dashboard):
+    revenue = _series(dashboard, "rect", "revenue")["2025-03-25"]
+    assert revenue.attrs["data-value"] == "79153.56"
+    assert revenue.find_all("title")[0].text() == "25 Mar 2025 — revenue 79,153.56"
+    orders = _series(dashboard, "rect", "orders")["2025-03-25"]
+    assert orders.attrs["data-value"] == "342"
+    assert orders.find_all("title")[0].text() == "25 Mar 2025 — orders 342"
+    rate = _series(dashboard, "circle", "return_rate")["2025-03-25"]
+    assert rate.find_all("title")[0].text() == "25 Mar 2025 — return rate 18.42%"
+    assert dashboard.find_all("title")[0].text() == "E-commerce KPIs"
+    assert dashboard.find_all("strong", id="batch")[0].text() == "seed-sample"
+
+
+def test_dashboard_charts_match_the_reference_everywhere(dashboard):
+    reference_categories, reference_orders = _expected([SEED_SAMPLE])
+    assert len(reference_orders) == 31
+    for series, tag, name in (
+        ("revenue", "rect", "total_revenue"),
+        ("revenue_7d", "circle", "revenue_7d"),
+        ("orders", "rect", "total_orders"),
+        ("orders_7d", "circle", "orders_7d"),
+        ("return_rate", "circle", "return_rate"),
+    ):
+        drawn = {
+            d: float(n.attrs["data-value"]) for d, n in _series(dashboard, tag, series).items()
+        }
+        assert drawn == {d: row[name] for d, row in reference_orders.items()}, series
+    # bars stand on one scale: height = value x scale for every day (coordinates: 1 decimal)
+    bars = list(_series(dashboard, "rect", "revenue").values())
+    tallest = max(bars, key=lambda b: float(b.attrs["data-value"]))
+    scale = float(tallest.attrs["height"]) / float(tallest.attrs["data-value"])
+    for bar in bars:
+        expected = float(bar.attrs["data-value"]) * scale
+        assert float(bar.attrs["height"]) == pytest.approx(expected, abs=0.12)
+    segments = dashboard.find_all("rect", class_="segment")
+    stacked = {
+        (s.attrs["data-category"], s.attrs["data-date"]): float(s.attrs["data-value"])
+        for s in segments
+    }
+    assert stacked == {key: row["daily_revenue"] for key, row in reference_categories.items()}
+    assert len(segments) == len(reference_categories)
+    legend = dashboard.find_all("section", id="category_revenue")[0].find_all("li")
+    assert len(legend) == 7
+
+
+def test_dashboard_table_is_the_latest_day_ranked_by_revenue(dashboard):
+    reference_categories, reference_orders = _expected([SEED_SAMPLE])
+    latest = max(reference_orders)
+    table = dashboard.find_all("section", id="latest_categories")[0]
+    assert table.attrs["data-date"] == latest == "2025-04-07"
+    expected = sorted(
+        (row for (_, day), row in reference_categories.items() if day == latest),
+        key=lambda row: -row["daily_revenue"],
+    )
+    rows = table.find_all("tbody")[0].find_all("tr")
+    assert [r.attrs["data-category"] for r in rows] == [row["category"] for row in expected]
+    for row, want in zip(rows, expected, strict=True):
+        cells = {td.attrs["class"]: td for td in row.find_all("td") if td.attrs.get("class")}
+        assert cells["daily_revenue"].text() == f"{Decimal(str(want['daily_revenue'])):,.2f}"
+        assert float(cells["avg_return_rate"].attrs["data-value"]) == want["avg_return_rate"]
+        assert int(cells["order_count"].text()) == want["order_count"]
+    cards = {
+        card.attrs["id"]: card.attrs["data-value"]
+        for card in dashboard.find_all("div", class_="card")
+    }
+    day = reference_orders[latest]
+    assert float(cards["card_revenue"]) == day["total_revenue"]
+    assert float(cards["card_revenue_7d"]) == day["revenue_7d"]
+    assert int(cards["card_orders_7d"]) == day["orders_7d"]
+
+
+def test_dashboard_links_to_the_batch_data_docs_and_loads_nothing_remote(seed_run, dashboard):
+    _, out = seed_run
+    folder = out / "dashboard"
+    link = dashboard.find_all("a", id="data_docs")[0].attrs["href"]
+    assert link == "../data_docs/index.html#batch-seed-sample"
+    assert (folder / link.split("#")[0]).resolve().is_file()
+    sites = [a.attrs["href"] for a in dashboard.find_all("a", class_="dataset-docs")]
+    assert sites == [f"../data_docs/seed-sample/{d}/index.html" for d in DATASETS]
+    assert all((folder / site).resolve().is_file() for site in sites)
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    assert re.search(r"<(script|link|img|iframe)\b", html) is None
+    assert set(re.findall(r"[a-z]+://[^\s'\"<>]+", html)) == {"http://www.w3.org/2000/svg"}
+    assert sorted(p.name for p in folder.iterdir()) == ["index.html"]  # nothing else to fetch
+
+
+def _png_rgb(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Width, height and unfiltered RGB(A) rows of an 8-bit truecolour PNG."""
+    width, height = _png_size(data)
+    depth, colour = data[24], data[25]
+    assert depth == 8
+    assert colour in (2, 6)
+    channels = 3 if colour == 2 else 4
+    chunks, position = [], 8
+    while position < len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        if data[position + 4 : position + 8] == b"IDAT":
+            chunks.append(data[position + 8 : position + 8 + length])
+        position += 12 + length
+    raw = zlib.decompress(b"".join(chunks))
+    stride = width * channels
+    rows, previous = [], bytearray(stride)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for x in range(stride):
+            left = line[x - channels] if x >= channels else 0
+            up = previous[x]
+            corner = previous[x - channels] if x >= channels else 0
+            if kind == 1:
+                line[x] = (line[x] + left) & 0xFF
+            elif kind == 2:
+                line[x] = (line[x] + up) & 0xFF
+            elif kind == 3:
+                line[x] = (line[x] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                pred = left if pa <= pb and pa <= pc else up if pb <= pc else corner
+                line[x] = (line[x] + pred) & 0xFF
+        rows.append(bytes(line))
+        previous = line
+    return width, height, [bytes(r[i] for i in range(len(r)) if i % channels < 3) for r in rows]
+
+
+def _colour_counts(rows: list[bytes]) -> Counter:
+    return Counter(row[x : x + 3] for row in rows for x in range(0, len(row), 3))
+
+
+def _pixels_near(counts: Counter, colour: str, tolerance: int = 8) -> int:
+    target = bytes.fromhex(colour.lstrip("#"))
+    return sum(
+        n
+        for pixel, n in counts.items()
+        if all(abs(pixel[i] - target[i]) <= tolerance for i in range(3))
+    )
+
+
+def test_dashboard_screenshot_shows_the_charts(seed_run, tmp_path):
+    from ecom_pipeline.dashboard import ORDERS_COLOUR, PALETTE, RETURNS_COLOUR, REVENUE_COLOUR
+
+    _, out = seed_run
+    shot = tmp_path / "dashboard.png"
+    width, height = SCREENSHOT_SIZE
+    _run_chromium(
+        f"--screenshot={shot}",
+        f"--window-size={width},{height}",
+        "--hide-scrollbars",
+        (out / "dashboard" / "index.html").resolve().as_uri(),
+    )
+    data = shot.read_bytes()
+    assert len(data) < 300_000, "keep the README's screenshot small"
+    size_x, size_y, rows = _png_rgb(data)
+    assert (size_x, size_y) == SCREENSHOT_SIZE
+    rows = _colour_counts(rows)
+    # the bars and lines were drawn: thousands of pixels in each chart's colour
+    assert _pixels_near(rows, REVENUE_COLOUR) > 20_000  # revenue bars (+ a category)
+    assert _pixels_near(rows, ORDERS_COLOUR) > 20_000  # order bars (+ a category)
+    assert _pixels_near(rows, RETURNS_COLOUR) > 500  # the return-rate line
+    assert all(_pixels_near(rows, colour) > 1_000 for colour in PALETTE[:7])  # 7 categories
+    keep = os.environ.get("DASHBOARD_SCREENSHOT")
+    if keep:  # refresh the README's picture: DASHBOARD_SCREENSHOT=docs/dashboard.png pytest ...
+        shutil.copyfile(shot, keep)
+    # the picture the README shows is such a screenshot
+    committed = SCREENSHOT.read_bytes()
+    assert _png_size(committed) == SCREENSHOT_SIZE
+    assert len(committed) < 300_000
+
+
+def test_export_answers_queries_like_the_tables(seed_run, capsys):
+    _, out = seed_run
+    argv = ["kpis", "day", "--date", "2025-03-25", "--format", "json", "--from-export", str(out)]
+    assert main(argv) == ExitCode.OK
+    rows = json.loads(capsys.readouterr().out)
+    expected_categories, _ = _expected([SEED_SAMPLE])
+    want = sorted(
+        (row for (_, day), row in expected_categories.items() if day == "2025-03-25"),
+        key=lambda row: -row["daily_revenue"],
+    )
+    assert rows == want
+    assert main(["kpis", "orders", "--last", "30", "--from-export", str(out)]) == ExitCode.OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        "Order KPIs: last 30 days up to the latest day with orders, 2025-04-07"
+    )
+    assert len(lines) == 3 + 30
+    assert lines[3].split()[0] == "2025-03-09"
+    assert lines[19].split()[:3] == ["2025-03-25", "342", "79153.56"]
 
 
 def _write_rows(path: Path, dataset: str, rows: list[dict]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import date
@@ -13,8 +14,9 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ecom_pipeline import logs
-from ecom_pipeline.config import ConfigError
-from ecom_pipeline.contract import DATASETS, ExitCode
+from ecom_pipeline.config import ENVIRONMENT, ConfigError
+from ecom_pipeline.contract import CATEGORY_TABLE, DATASETS, ORDER_TABLE, ExitCode
+from ecom_pipeline.query import QueryError
 
 log = logging.getLogger("ecom_pipeline")
 
@@ -81,7 +83,69 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
     demo.add_argument("--orders", type=int, default=3000)
     demo.add_argument("--seed", type=int, default=7)
+
+    _add_kpis_parser(commands)
     return parser
+
+
+def _add_kpis_parser(commands: argparse._SubParsersAction) -> None:
+    kpis = commands.add_parser(
+        "kpis",
+        help="read the KPI tables with DynamoDB Query: a category over dates, one day, orders",
+        description=(
+            "Read the KPI tables with DynamoDB Query (never Scan), from AWS, any endpoint, or a "
+            "run-local export. Exit codes: 0 rows printed, 2 bad input or setup (date, "
+            "category, table, credentials), 3 nothing in the range, 4 AWS unreachable (retry)."
+        ),
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    source = common.add_argument_group("where the tables are (as the AWS CLI takes them)")
+    source.add_argument("--endpoint-url", help="AWS endpoint (default: $AWS_ENDPOINT_URL)")
+    source.add_argument(
+        "--region", help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, the profile's)"
+    )
+    source.add_argument("--profile", help="named AWS profile (default: $AWS_PROFILE)")
+    source.add_argument(
+        "--category-table", help="category KPI table (default: $CATEGORY_TABLE or the contract's)"
+    )
+    source.add_argument(
+        "--order-table", help="order KPI table (default: $ORDER_TABLE or the contract's)"
+    )
+    source.add_argument(
+        "--from-export",
+        type=Path,
+        metavar="OUT",
+        help="read a run-local/demo export folder instead of AWS (loaded into an emulator)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="JSON logs on stderr")
+    patterns = kpis.add_subparsers(dest="pattern", required=True)
+
+    category = patterns.add_parser(
+        "category", parents=[common], help="one category over a date range"
+    )
+    category.add_argument("--name", required=True, help="the category, e.g. Electronics")
+    _add_range_arguments(category)
+
+    day = patterns.add_parser(
+        "day", parents=[common], help="every category on one date, ranked by revenue"
+    )
+    day.add_argument("--date", help="YYYY-MM-DD (default: the latest day with orders)")
+    day.add_argument("--top", type=int, help="only the N categories with the most revenue")
+
+    orders = patterns.add_parser("orders", parents=[common], help="order KPIs over a date range")
+    _add_range_arguments(orders)
+
+
+def _add_range_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first day")
+    parser.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last day")
+    parser.add_argument(
+        "--last",
+        type=int,
+        metavar="N",
+        help="the N days ending on the latest day with orders (up to --to, default today)",
+    )
 
 
 def _config(args: argparse.Namespace):  # noqa: ANN202 - imported lazily with its job
@@ -164,6 +228,9 @@ def _print_summary(summary) -> None:  # noqa: ANN001
     out = summary.out_dir
     print(f"exported {summary.exported} to {out}; notices in {out / 'notifications.jsonl'}")
     print(f"Data Docs: {out / 'data_docs'}")
+    dashboard = out / "dashboard" / "index.html"
+    if dashboard.is_file():
+        print(f"KPI dashboard: open {dashboard}")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -178,7 +245,59 @@ def _demo(args: argparse.Namespace) -> int:
     print_tables(args.out)
     _print_summary(result)
     print(f"Data Docs of every batch: open {args.out / 'data_docs' / 'index.html'}")
+    print(f"Query the tables: ecom-pipeline kpis orders --last 7 --from-export {args.out}")
     return ExitCode.OK if result.success else ExitCode.DATA_REJECTED
+
+
+def _kpis(args: argparse.Namespace) -> int:
+    from ecom_pipeline import query
+
+    def ask(reader: query.KpiReader) -> query.Answer:
+        if args.pattern == "category":
+            dates, described = query.resolve_range(
+                reader, start=args.start, end=args.end, last=args.last
+            )
+            return query.timed(
+                query.category_answer, reader, args.name, dates, described, pattern="category"
+            )
+        if args.pattern == "day":
+            day = query.parse_date(args.date, name="--date") if args.date else None
+            return query.timed(query.day_answer, reader, day, top=args.top, pattern="day")
+        dates, described = query.resolve_range(
+            reader, start=args.start, end=args.end, last=args.last
+        )
+        return query.timed(query.orders_answer, reader, dates, described, pattern="orders")
+
+    if args.from_export is not None:
+        aws_flags = (args.endpoint_url, args.region, args.profile)
+        if any(aws_flags) or args.category_table or args.order_table:
+            raise query.QueryError(
+                "--from-export reads a local folder: drop --endpoint-url, --region, --profile "
+                "and the table names"
+            )
+        with query.ExportReader(args.from_export) as reader:
+            answer = ask(reader)
+    else:
+        env = os.environ if args.environ is None else args.environ
+        client = query.connect(
+            region=args.region,
+            endpoint_url=args.endpoint_url,
+            profile=args.profile,
+            environ=env,
+        )
+        answer = ask(
+            query.KpiReader(
+                client,
+                category_table=args.category_table
+                or env.get(ENVIRONMENT["category_table"])
+                or CATEGORY_TABLE,
+                order_table=args.order_table or env.get(ENVIRONMENT["order_table"]) or ORDER_TABLE,
+            )
+        )
+    if args.format == "table":
+        print(answer.title)
+    print(query.render(answer.rows, answer.columns, args.format))
+    return ExitCode.OK
 
 
 HANDLERS = {
@@ -187,6 +306,7 @@ HANDLERS = {
     "compute-kpis": _compute_kpis,
     "run-local": _run_local,
     "demo": _demo,
+    "kpis": _kpis,
 }
 
 
@@ -195,10 +315,16 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     as a container's environment does for an ECS task run in this process."""
     args = build_parser().parse_args(argv)
     args.environ = environ
-    logs.configure()
+    # `kpis` is read by people at a terminal: its JSON logs only with --verbose
+    quiet = args.command == "kpis" and not args.verbose
+    logs.configure("WARNING" if quiet else "INFO")
     logs.bind(command=args.command)
     try:
         return int(HANDLERS[args.command](args))
+    except QueryError as e:
+        log.info("query not answered: %s", e, extra={"event": "query_error"})
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.USAGE

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from enum import IntEnum, StrEnum
 
 
@@ -216,6 +217,56 @@ CATEGORY_ITEM_ATTRIBUTES: tuple[str, ...] = CATEGORY_TABLE_KEY + tuple(
     k.name for k in CATEGORY_KPIS
 )
 ORDER_ITEM_ATTRIBUTES: tuple[str, ...] = ORDER_TABLE_KEY + tuple(k.name for k in ORDER_KPIS)
+
+
+# --- Read access patterns: the keys and indexes that answer them with Query (never Scan) -------
+
+# Order items also carry the month of their date ("YYYY-MM"), the partition key of the order
+# table's month index: a table keyed by order_date alone can only be read one date at a time.
+ORDER_MONTH_ATTRIBUTE = "order_month"
+MONTH_FORMAT = "%Y-%m"
+
+
+@dataclass(frozen=True)
+class Index:
+    """A global secondary index of a KPI table (projection ALL: a Query returns whole items)."""
+
+    table: str
+    name: str
+    key: tuple[str, ...]  # partition, sort
+
+
+# all categories on one date, ranked by revenue: order_date = :d, daily_revenue descending
+CATEGORY_BY_DATE_INDEX = Index(CATEGORY_TABLE, "by-date", ("order_date", "daily_revenue"))
+# order KPIs over a date range: one Query per month, order_month = :m AND order_date BETWEEN
+ORDER_BY_MONTH_INDEX = Index(ORDER_TABLE, "by-month", (ORDER_MONTH_ATTRIBUTE, "order_date"))
+INDEXES: tuple[Index, ...] = (CATEGORY_BY_DATE_INDEX, ORDER_BY_MONTH_INDEX)
+
+# DynamoDB type of every attribute used in a table or index key
+KEY_ATTRIBUTE_TYPES: dict[str, str] = {
+    "category": "S",
+    "order_date": "S",
+    "daily_revenue": "N",
+    ORDER_MONTH_ATTRIBUTE: "S",
+}
+
+# Attributes that exist only to feed an index: not KPIs, left out of exports and query output.
+INDEX_ONLY_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    CATEGORY_TABLE: (),
+    ORDER_TABLE: (ORDER_MONTH_ATTRIBUTE,),
+}
+
+
+def order_month(order_date: str) -> str:
+    """The ``order_month`` of an order item: ``"2025-03-25"`` -> ``"2025-03"``."""
+    return datetime.strptime(order_date, DATE_FORMAT).strftime(MONTH_FORMAT)
+
+
+def index_attributes(table: str, item: dict[str, object]) -> dict[str, str]:
+    """The index-only attributes an item of ``table`` carries, computed from its KPI attributes."""
+    if table == ORDER_TABLE:
+        return {ORDER_MONTH_ATTRIBUTE: order_month(str(item[ORDER_TABLE_KEY[0]]))}
+    return {}
 
 
 # --- Exit codes the orchestrator acts on -------------------------------------------------------

@@ -26,6 +26,8 @@ from ecom_pipeline.contract import (
     CATEGORY_TABLE,
     CATEGORY_TABLE_KEY,
     DATE_FORMAT,
+    INDEXES,
+    KEY_ATTRIBUTE_TYPES,
     ORDER_TABLE,
     ORDER_TABLE_KEY,
 )
@@ -145,24 +147,41 @@ def table_key(table: str) -> tuple[str, ...]:
         ) from None
 
 
+def _key_schema(key: Sequence[str]) -> list[dict[str, str]]:
+    return [
+        {"AttributeName": name, "KeyType": key_type}
+        for name, key_type in zip(key, ("HASH", "RANGE")[: len(key)], strict=True)
+    ]
+
+
 def table_definitions() -> list[dict[str, Any]]:
-    """CreateTable keyword arguments for both KPI tables, derived from the contract."""
+    """CreateTable keyword arguments for both KPI tables with their global secondary indexes,
+    derived from the contract (``infra/template.yaml`` is checked against these)."""
     definitions = []
     for table, key in TABLE_KEYS.items():
-        key_types = ("HASH", "RANGE")[: len(key)]
-        definitions.append(
-            {
-                "TableName": table,
-                "KeySchema": [
-                    {"AttributeName": name, "KeyType": key_type}
-                    for name, key_type in zip(key, key_types, strict=True)
-                ],
-                "AttributeDefinitions": [
-                    {"AttributeName": name, "AttributeType": "S"} for name in key
-                ],
-                "BillingMode": "PAY_PER_REQUEST",
-            }
-        )
+        indexes = [index for index in INDEXES if index.table == table]
+        names = list(key)
+        for index in indexes:
+            names += [name for name in index.key if name not in names]
+        definition: dict[str, Any] = {
+            "TableName": table,
+            "KeySchema": _key_schema(key),
+            "AttributeDefinitions": [
+                {"AttributeName": name, "AttributeType": KEY_ATTRIBUTE_TYPES[name]}
+                for name in names
+            ],
+            "BillingMode": "PAY_PER_REQUEST",
+        }
+        if indexes:
+            definition["GlobalSecondaryIndexes"] = [
+                {
+                    "IndexName": index.name,
+                    "KeySchema": _key_schema(index.key),
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+                for index in indexes
+            ]
+        definitions.append(definition)
     return definitions
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from botocore.exceptions import BotoCoreError, ClientError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -23,7 +24,9 @@ from ecom_pipeline import logs
 from ecom_pipeline.config import PipelineConfig
 from ecom_pipeline.contract import (
     CATEGORY_TABLE_KEY,
+    DATASET_ORDER,
     DATASETS,
+    MONTH_FORMAT,
     ORDER_TABLE_KEY,
 )
 from ecom_pipeline.curated import (
@@ -35,9 +38,18 @@ from ecom_pipeline.curated import (
     window_dates,
     window_inputs,
 )
+from ecom_pipeline.dashboard import publish_dashboard
 from ecom_pipeline.dynamo import delete_keys, write_items
 from ecom_pipeline.ingest import typed_schema
-from ecom_pipeline.kpis import DATE_STRING, category_kpis, enrich_items, order_kpis
+from ecom_pipeline.kpis import (
+    DATE_STRING,
+    MONTH_STRING,
+    category_kpis,
+    enrich_items,
+    order_kpis,
+    with_order_month,
+)
+from ecom_pipeline.query import QueryError
 from ecom_pipeline.storage import BucketStore, curated_prefix, kpi_result_key, staging_prefix
 from ecom_pipeline.validation import read_curated
 
@@ -68,6 +80,8 @@ class KpiReport:
     duration_s: float = 0.0
     # from the batch's arrival (received_at) to its KPIs written; None when unknown
     batch_duration_s: float | None = None
+    # s3://<bucket>/dashboard/index.html, rendered after the KPIs were written; None if it failed
+    dashboard: str | None = None
 
 
 def plan(old: Tables, batch: Batch) -> KpiPlan:
@@ -158,7 +172,7 @@ def compute_kpis(
             changes.category_items, config.category_table, config.aws
         )
         report.order_items_written = write_items(
-            changes.order_items, config.order_table, config.aws
+            with_order_month(changes.order_items), config.order_table, config.aws
         )
         report.items_deleted = delete_keys(
             changes.category_deletes, config.category_table, config.aws
@@ -170,6 +184,9 @@ def compute_kpis(
         )
     with logs.step(log, "update curated store"):
         _replace_curated(store, changes, work / "new")
+    with logs.step(log, "publish dashboard"):
+        datasets = [name for name in DATASET_ORDER if name in report.rows_accepted]
+        report.dashboard = _publish_dashboard(config, batch_id, old, changes, datasets)
     report.duration_s = round(time.perf_counter() - started, 3)
     if received_at:
         arrival = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
@@ -177,6 +194,37 @@ def compute_kpis(
     store.put_json(kpi_result_key(batch_id), report.__dict__)
     log.info("kpis done", extra={"event": "kpi_result", **report.__dict__})
     return report
+
+
+def data_months(old: Tables, changes: KpiPlan) -> list[str]:
+    """Every month that may hold order KPIs after this run: the months of the curated orders
+    before it and of the dates it recomputed (a superset is harmless: an empty month is one
+    empty Query)."""
+    before = old.orders.select(F.date_format("order_date", MONTH_STRING).alias("m")).distinct()
+    months = {row.m for row in before.collect() if row.m}
+    months.update(d.strftime(MONTH_FORMAT) for d in changes.dates)
+    return sorted(months)
+
+
+def _publish_dashboard(
+    config: PipelineConfig, batch_id: str, old: Tables, changes: KpiPlan, datasets: list[str]
+) -> str | None:
+    """Render and upload the dashboard from the tables just written. The KPIs are safe by now,
+    so AWS trouble here is logged as an error and leaves the run successful (the next run
+    renders it again)."""
+    try:
+        return publish_dashboard(
+            config.aws,
+            bucket=config.bucket,
+            category_table=config.category_table,
+            order_table=config.order_table,
+            batch_id=batch_id,
+            months=data_months(old, changes),
+            datasets=datasets,
+        )
+    except (ClientError, BotoCoreError, QueryError):
+        log.exception("dashboard not published", extra={"event": "dashboard_failed"})
+        return None
 
 
 def _replace_curated(store: BucketStore, changes: KpiPlan, local: Path) -> None:

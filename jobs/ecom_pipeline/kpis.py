@@ -16,6 +16,7 @@ from ecom_pipeline.contract import (
     MONEY_PRECISION,
     MONEY_SCALE,
     ORDER_ITEM_ATTRIBUTES,
+    ORDER_MONTH_ATTRIBUTE,
     RATE_SCALE,
     RETURNED_STATUS,
     WINDOW_DAYS,
@@ -24,6 +25,7 @@ from ecom_pipeline.contract import (
 MONEY = DecimalType(MONEY_PRECISION, MONEY_SCALE)
 RATE = DecimalType(MONEY_SCALE + RATE_SCALE + 1, RATE_SCALE)
 DATE_STRING = "yyyy-MM-dd"
+MONTH_STRING = "yyyy-MM"  # contract.MONTH_FORMAT in Spark's pattern language
 
 
 def order_date_of(created_at: Column) -> Column:
@@ -117,4 +119,13 @@ def order_kpis(orders: DataFrame, items: DataFrame) -> DataFrame:
     daily = with_trailing_window(daily_order_totals(orders, items))
     return daily.withColumn("order_date", F.date_format("order_date", DATE_STRING)).select(
         *ORDER_ITEM_ATTRIBUTES
+    )
+
+
+def with_order_month(order_rows: DataFrame) -> DataFrame:
+    """Order-table rows plus ``order_month`` ("YYYY-MM" of ``order_date``), the partition key of
+    the month index that turns a date range into Queries. Deterministic, so rewriting a day
+    still gives the identical item."""
+    return order_rows.withColumn(
+        ORDER_MONTH_ATTRIBUTE, F.date_format(F.to_date("order_date", DATE_STRING), MONTH_STRING)
     )

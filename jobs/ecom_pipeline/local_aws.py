@@ -32,8 +32,19 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 from ecom_pipeline.aws import DEFAULT_REGION, AwsSettings
-from ecom_pipeline.contract import CATEGORY_TABLE, ORDER_TABLE
-from ecom_pipeline.dynamo import table_definitions
+from ecom_pipeline.contract import (
+    CATEGORY_TABLE,
+    INDEX_ONLY_ATTRIBUTES,
+    ORDER_TABLE,
+    index_attributes,
+)
+from ecom_pipeline.dynamo import (
+    BATCH_SIZE,
+    send_batch,
+    table_definitions,
+    table_key,
+    to_dynamo_item,
+)
 from ecom_pipeline.storage import BucketStore
 
 logger = logging.getLogger(__name__)
@@ -251,14 +262,17 @@ class LocalAws:
         """Write every item of ``table`` to ``path`` as JSON lines sorted by key; returns the count.
 
         Strings stay strings; numbers are JSON numbers written exactly (integral values without a
-        decimal point, so they load as ints, others load as floats).
+        decimal point, so they load as ints, others load as floats). Attributes that only feed an
+        index (``contract.INDEX_ONLY_ATTRIBUTES``, e.g. ``order_month``) are left out: the export
+        holds the KPI items as the contract defines them.
         """
         dynamodb = self.client("dynamodb")
         schema = dynamodb.describe_table(TableName=table)["Table"]["KeySchema"]
         order = {"HASH": 0, "RANGE": 1}
         key = [k["AttributeName"] for k in sorted(schema, key=lambda k: order[k["KeyType"]])]
+        index_only = set(INDEX_ONLY_ATTRIBUTES.get(table, ()))
         items = [
-            plain_item(item)
+            {name: value for name, value in plain_item(item).items() if name not in index_only}
             for page in dynamodb.get_paginator("scan").paginate(
                 TableName=table, PaginationConfig=_pages(page_size)
             )
@@ -275,6 +289,35 @@ class LocalAws:
         """Export both KPI tables to ``out_dir`` (see ``EXPORT_FILES``); counts by table name."""
         return {
             table: self.export_table(table, out_dir / file_name)
+            for table, file_name in EXPORT_FILES.items()
+        }
+
+    def import_table(self, table: str, path: Path) -> int:
+        """Put every line of an export (:meth:`export_table`) back as an item of ``table``, with
+        the index-only attributes it needs; returns the count. Numbers load as exact Decimals.
+        Raises ValueError naming the line when one is not a JSON object."""
+        items = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line, parse_float=Decimal)
+            except ValueError:
+                raise ValueError(f"{path}:{number}: not JSON") from None
+            try:
+                items.append(_import_item(table, row))
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"{path}:{number}: not a KPI item ({error})") from None
+        dynamodb = self.client("dynamodb")
+        for start in range(0, len(items), BATCH_SIZE):
+            chunk = items[start : start + BATCH_SIZE]
+            send_batch(dynamodb, table, [{"PutRequest": {"Item": item}} for item in chunk])
+        return len(items)
+
+    def import_tables(self, out_dir: Path) -> dict[str, int]:
+        """Load both exports of ``out_dir`` (see ``EXPORT_FILES``); counts by table name."""
+        return {
+            table: self.import_table(table, out_dir / file_name)
             for table, file_name in EXPORT_FILES.items()
         }
 
@@ -321,6 +364,16 @@ class LocalAws:
         if self.settings is None:
             raise RuntimeError("LocalAws is not open: use it as a context manager")
         return BucketStore(self.bucket, self.settings)
+
+
+def _import_item(table: str, row: Any) -> dict[str, Any]:
+    """One exported line (parsed) as a low-level item of ``table``, index attributes added."""
+    if not isinstance(row, dict):
+        raise TypeError("not a JSON object")
+    missing = [name for name in table_key(table) if row.get(name) is None]
+    if missing:
+        raise ValueError(f"no value for key {missing}")
+    return to_dynamo_item({**row, **index_attributes(table, row)})
 
 
 def _notice(body: str) -> dict[str, Any]:

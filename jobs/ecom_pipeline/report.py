@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ _DECIMALS = {
 
 def _cell(column: str, value: Any) -> str:
     decimals = _DECIMALS.get(column)
-    if decimals is not None and isinstance(value, int | float):
+    if decimals is not None and isinstance(value, int | float | Decimal):
         return f"{value:.{decimals}f}"
     return "" if value is None else str(value)
 
@@ -35,11 +36,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """Columns aligned: text to the left, numbers to the right."""
     cells = [[_cell(c, row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(row.get(c), int | float) for row in rows) for c in columns]
+    numeric = [all(isinstance(row.get(c), int | float | Decimal) for row in rows) for c in columns]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(

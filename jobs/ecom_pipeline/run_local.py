@@ -32,6 +32,7 @@ from urllib.parse import quote_plus
 from ecom_pipeline import logs
 from ecom_pipeline.asl import CONTAINER_NAME, substitute
 from ecom_pipeline.config import PipelineConfig
+from ecom_pipeline.dashboard import DASHBOARD_PREFIX, relink_data_docs
 from ecom_pipeline.lambda_fn import trigger
 from ecom_pipeline.local_aws import LocalAws
 from ecom_pipeline.local_sfn import InProcessRunner, TaskRunner, enable_interpreter, local_ecs
@@ -319,5 +320,17 @@ def run_local(
             docs = out_dir / "data_docs"
             shutil.rmtree(docs, ignore_errors=True)
             aws.store.download_prefix(DATA_DOCS, docs)
+            _export_dashboard(aws, out_dir / "dashboard", docs.name)
             shutil.rmtree(config.work_dir, ignore_errors=True)
     return summary
+
+
+def _export_dashboard(aws: LocalAws, dest: Path, docs_dir: str) -> None:
+    """Download dashboard/ next to the Data Docs; its links then point at OUT/<docs_dir>/."""
+    shutil.rmtree(dest, ignore_errors=True)
+    aws.store.download_prefix(DASHBOARD_PREFIX, dest)
+    page = dest / "index.html"
+    if page.is_file():
+        page.write_text(relink_data_docs(page.read_text(encoding="utf-8"), docs_dir), "utf-8")
+    elif not any(dest.iterdir()):
+        dest.rmdir()  # no KPI run succeeded: no dashboard
