@@ -55,3 +55,36 @@ def test_metrics_are_embedded_metric_format(log_file):
     assert (line["job"], line["dataset"], line["RowsRead"]) == ("validate", "orders", 9000)
     assert isinstance(line["_aws"]["Timestamp"], int)
     assert line["batch_id"] == "b8"
+
+
+def test_a_task_run_in_process_logs_to_the_callers_file_not_the_terminal(log_file, tmp_path, capfd):
+    from ecom_pipeline.local_sfn import InProcessRunner
+
+    logs.bind(batch_id="outer")
+    code = InProcessRunner()(
+        ["generate", "--out", str(tmp_path / "sample"), "--orders", "3", "--parts", "1"], {}
+    )
+    logging.getLogger("ecom_pipeline.test").info("after the task")
+
+    assert code == 0
+    terminal = capfd.readouterr()
+    assert terminal.out == ""
+    assert terminal.err == ""
+    lines = _lines(log_file)
+    printed = [line for line in lines if line.get("event") == "task_output"]
+    assert [(line["stream"], line["message"][:12]) for line in printed] == [
+        ("stdout", "wrote 50 pro")
+    ]
+    assert all(line["command"] == "generate" for line in printed)
+    # the task's bound fields do not outlive it; the caller's do
+    assert lines[-1]["message"] == "after the task"
+    assert lines[-1]["batch_id"] == "outer"
+    assert "command" not in lines[-1]
+
+
+def test_line_logger_logs_whole_lines_and_flushes_the_rest(log_file):
+    stream = logs.LineLogger(logging.getLogger("ecom_pipeline.test"), "stdout")
+    stream.write("one\ntw")
+    stream.write("o\n\nthree")
+    stream.flush()
+    assert [line["message"] for line in _lines(log_file)] == ["one", "two", "three"]

@@ -83,6 +83,20 @@ def test_seed_sample_tables_equal_the_reference_everywhere(seed_run):
     assert categories == expected_categories
 
 
+def test_seed_sample_logs_every_job_to_the_log_file(seed_run):
+    _, out = seed_run
+    lines = _read_jsonl(out / "pipeline.log.jsonl")
+    finished = {
+        (line["job"], line.get("dataset"))
+        for line in lines
+        if line.get("event") in ("validation_result", "kpi_result")
+    }
+    assert finished == {("validate", d) for d in DATASETS} | {("kpis", None)}
+    assert all(line["batch_id"] == "seed-sample" for line in lines if "job" in line)
+    reports = [line for line in lines if line.get("event") == "task_output"]
+    assert len(reports) == 4  # each job's report JSON, printed as a container prints it
+
+
 def test_seed_sample_exports_notice_and_data_docs(seed_run):
     _, out = seed_run
     notices = _read_jsonl(out / "notifications.jsonl")

@@ -310,14 +310,21 @@ HANDLERS = {
 }
 
 
-def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    configure_logs: bool = True,
+) -> int:
     """Run a command; ``environ`` stands in for the process environment (default: os.environ),
-    as a container's environment does for an ECS task run in this process."""
+    as a container's environment does for an ECS task run in this process. A task run inside
+    another command (run-local) passes ``configure_logs=False`` to keep that command's log."""
     args = build_parser().parse_args(argv)
     args.environ = environ
-    # `kpis` is read by people at a terminal: its JSON logs only with --verbose
-    quiet = args.command == "kpis" and not args.verbose
-    logs.configure("WARNING" if quiet else "INFO")
+    if configure_logs:
+        # `kpis` is read by people at a terminal: its JSON logs only with --verbose
+        quiet = args.command == "kpis" and not args.verbose
+        logs.configure("WARNING" if quiet else "INFO")
     logs.bind(command=args.command)
     try:
         return int(HANDLERS[args.command](args))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -45,6 +46,8 @@ from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
 from moto.stepfunctions.parser.asl.utils.encoding import to_json_str
 
+from ecom_pipeline import logs
+
 
 class TaskRunner(Protocol):
     """Runs a container's command with its environment; returns the exit code."""
@@ -67,9 +70,21 @@ class InProcessRunner:
     def __call__(self, command: list[str], environment: Mapping[str, str]) -> int:
         from ecom_pipeline.cli import main
 
-        with self._lock:
+        # As a container's output goes to CloudWatch, the task's prints go to this process's
+        # log (run-local's log file), not to the terminal that shows progress.
+        output = logging.getLogger("ecom_pipeline.task")
+        with (
+            self._lock,
+            logs.isolated_context(),
+            contextlib.redirect_stdout(logs.LineLogger(output, "stdout")) as out,
+            contextlib.redirect_stderr(logs.LineLogger(output, "stderr")) as err,
+        ):
             self.calls.append((list(command), dict(environment)))
-            return main(command, environ=dict(environment))
+            try:
+                return main(command, environ=dict(environment), configure_logs=False)
+            finally:
+                out.flush()
+                err.flush()
 
 
 class SubprocessRunner:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -57,6 +58,44 @@ def bind(**fields: Any) -> None:
 def unbind(*names: str) -> None:
     for name in names:
         _context.pop(name, None)
+
+
+@contextmanager
+def isolated_context() -> Iterator[None]:
+    """Fields bound inside stay inside: a job run in this process (run-local's tasks) does not
+    leave its batch_id or dataset on the lines logged after it."""
+    saved = dict(_context)
+    try:
+        yield
+    finally:
+        _context.clear()
+        _context.update(saved)
+
+
+class LineLogger(io.TextIOBase):
+    """A text stream that logs each line written to it, so a job's printed output (its report
+    JSON, its error messages) stays one JSON object a line in the log it is redirected to."""
+
+    def __init__(self, logger: logging.Logger, stream: str) -> None:
+        self._logger = logger
+        self._stream = stream
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line:
+                self._logger.info(line, extra={"event": "task_output", "stream": self._stream})
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            line, self._pending = self._pending, ""
+            self._logger.info(line, extra={"event": "task_output", "stream": self._stream})
 
 
 @contextmanager
