@@ -48,7 +48,7 @@ class Killed(BaseException):
 
 class PipelineRunner(InProcessRunner):
     """Runs the jobs for real; can kill the next KPI job mid-write (exit 137, as SIGKILL) and
-    hold tasks at a gate (to keep an execution RUNNING)."""
+    hold tasks at a closed gate (keeping their execution RUNNING) until they are killed."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,7 +57,9 @@ class PipelineRunner(InProcessRunner):
         self.gate.set()
 
     def __call__(self, command, environment):
-        self.gate.wait(timeout=120)
+        if not self.gate.is_set():  # held at the gate, then dies without running (SIGKILL)
+            self.gate.wait(timeout=120)
+            return 137
         if command[0] != "compute-kpis" or not self.kill_next_kpi_job:
             return super().__call__(command, environment)
         self.kill_next_kpi_job = False
@@ -258,7 +260,7 @@ def test_rejected_batch_fixed_in_place_is_replayed_and_refusals_change_nothing(
             assert "still RUNNING (r2)" in capsys.readouterr().err
         finally:
             runner.gate.set()
-        assert p.wait(p.execution_arn(name))["status"] == "SUCCEEDED"
+        assert p.wait(p.execution_arn(name))["status"] == "FAILED"
         names = {
             e["name"]
             for e in p.sfn.list_executions(stateMachineArn=p.state_machine_arn)["executions"]
@@ -353,3 +355,18 @@ def test_a_move_verifies_each_copy_and_resumes_after_a_failed_delete(tmp_path):
 
 def _keys(store: BucketStore, prefix: str) -> list[str]:
     return sorted(o.key[len(prefix) :] for o in store.list(prefix))
+
+
+def test_replay_names_are_deterministic_distinct_and_valid():
+    from ecom_pipeline.orchestration import EXECUTION_NAME_PATTERN, execution_name
+
+    assert replay_execution_name("2025-04-07", 1) == "2025-04-07-replay-1"
+    assert replay_execution_name("2025-04-07", 12) == "2025-04-07-replay-12"
+    long_a, long_b = "a" * 79 + "x", "a" * 79 + "y"
+    names = {replay_execution_name(b, n) for b in (long_a, long_b, "b c/..") for n in (1, 2)}
+    assert len(names) == 6
+    assert all(EXECUTION_NAME_PATTERN.match(name) for name in names)
+    assert replay_execution_name(long_a, 1) == replay_execution_name(long_a, 1)
+    assert execution_name(long_a) not in names
+    with pytest.raises(ValueError):
+        replay_execution_name("b", 0)

@@ -285,6 +285,12 @@ def _report(progress: Progress, notice: dict[str, Any] | None) -> None:
         )
     elif notice.get("error"):
         progress(f"  error: {json.dumps(notice['error'])[:500]}")
+    custody = notice.get("custody") or {}
+    if custody:
+        where = "moved to" if custody.get("moved") else "kept in"
+        progress(f"  files {where} {custody.get('files')}")
+        if custody.get("replay"):
+            progress(f"  to run it again: {custody['replay']}")
 
 
 def run_local(
