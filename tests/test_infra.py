@@ -191,14 +191,20 @@ def test_task_role_reaches_only_the_pipeline_prefixes_tables_and_topic(template)
     role = "JobTaskRole"
     (listing,) = statements_with_action(template, role, "s3:ListBucket")
     prefixes = {storage.INCOMING, storage.STAGING, storage.CURATED, storage.RESULTS}
-    prefixes.add(storage.DATA_DOCS)
+    prefixes |= {storage.DATA_DOCS, storage.ARCHIVE, storage.REJECTED}
     assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == sorted(
         f"{p}/*" for p in prefixes
     )
     writes = statements_with_action(template, role, "s3:PutObject")
     written = {r["Fn::Sub"].split("/")[-2] for s in writes for r in as_list(s["Resource"])}
-    # incoming/ is read-only for the jobs; the KPI job also publishes the dashboard
+    # incoming/ is never written; the KPI job also publishes the dashboard
     assert written == prefixes - {storage.INCOMING} | {dashboard.DASHBOARD_PREFIX}
+    # move-batch removes an original from incoming/ (after verifying its copy) but never
+    # deletes from archive/ or rejected/
+    deletes = statements_with_action(template, role, "s3:DeleteObject")
+    deleted = {r["Fn::Sub"].split("/")[-2] for s in deletes for r in as_list(s["Resource"])}
+    assert storage.INCOMING in deleted
+    assert not deleted & {storage.ARCHIVE, storage.REJECTED}
     (tables,) = statements_with_action(template, role, "dynamodb:BatchWriteItem")
     assert set(tables["Action"]) == {
         "dynamodb:BatchWriteItem",

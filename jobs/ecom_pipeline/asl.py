@@ -14,7 +14,9 @@ import sys
 from typing import Any
 
 from ecom_pipeline.contract import DATASET_ORDER
-from ecom_pipeline.storage import RESULTS
+from ecom_pipeline.orchestration import INTAKE_RULE
+from ecom_pipeline.storage import ARCHIVE, INCOMING, REASON_FILE, REJECTED, RESULTS
+from ecom_pipeline.tiers import TIERS
 
 PLACEHOLDERS: tuple[str, ...] = (
     "ClusterArn",
@@ -31,6 +33,8 @@ CONTAINER_NAME = "pipeline"
 VALIDATION_TIMEOUT_S = 3600
 KPI_TIMEOUT_S = 7200
 S3_TIMEOUT_S = 60
+MOVE_TIMEOUT_S = 3600
+REPLAY_COMMAND = "ecom-pipeline replay"
 
 # Errors worth retrying: the task never started or AWS throttled us. A container that ran and
 # exited non-zero (States.TaskFailed) is not retried: the data will not change by itself.
@@ -57,9 +61,10 @@ def _retry(errors: list[str], attempts: int, interval_s: int) -> list[dict[str, 
     ]
 
 
-def _run_task(command: str, timeout_s: int) -> dict[str, Any]:
-    """An ECS Fargate task of the job image with the tier's size and the given command."""
-    return {
+def _run_task(command: str, timeout_s: int, *, fixed_size: bool = False) -> dict[str, Any]:
+    """An ECS Fargate task of the job image with the tier's size and the given command
+    (``fixed_size``: the smallest tier's size whatever the batch, for jobs without Spark)."""
+    task: dict[str, Any] = {
         "Type": "Task",
         "Resource": "arn:aws:states:::ecs:runTask.sync",
         "TimeoutSeconds": timeout_s,
@@ -96,6 +101,144 @@ def _run_task(command: str, timeout_s: int) -> dict[str, Any]:
             },
         },
         "Retry": _retry(TRANSIENT_ECS_ERRORS, attempts=3, interval_s=10),
+    }
+    if fixed_size:
+        smallest = TIERS[0]
+        overrides = task["Parameters"]["Overrides"]
+        overrides.pop("Cpu.$")
+        overrides.pop("Memory.$")
+        overrides["Cpu"] = str(smallest.cpu)
+        overrides["Memory"] = str(smallest.memory_mib)
+        overrides["EphemeralStorage"] = {"SizeInGiB": smallest.ephemeral_storage_gib}
+    return task
+
+
+def _prefix_of(root: str) -> str:
+    """The batch's folder under ``root`` as an s3:// URI, for the notices."""
+    return f"States.Format('s3://${{DataBucket}}/{root}/{{}}/', $.batch_id)"
+
+
+def _custody_note(root: str, *, moved: bool, extra: dict[str, Any] | None = None) -> dict:
+    """Where the batch's files are, in the notice: ``$.notice.custody``."""
+    note: dict[str, Any] = {"moved": moved, "files.$": _prefix_of(root)}
+    if root == REJECTED:
+        note["reason.$"] = (
+            f"States.Format('s3://${{DataBucket}}/{REJECTED}/{{}}/{REASON_FILE}', $.batch_id)"
+        )
+    if root == INCOMING:
+        note["replay.$"] = f"States.Format('{REPLAY_COMMAND} {{}}', $.batch_id)"
+    return note | (extra or {})
+
+
+def _move_states(
+    prefix: str, destination: str, stage: str | None, next_state: str
+) -> dict[str, dict[str, Any]]:
+    """Run ``ecom-pipeline move-batch`` (idempotent, so retried on any task failure), then
+    record in the notice where the files are: moved, or still in incoming/ with the error."""
+    command = f"States.Array('move-batch', '--batch-id', $.batch_id, '--to', '{destination}'"
+    command += f", '--stage', '{stage}')" if stage else ")"
+    move = _run_task(command, MOVE_TIMEOUT_S, fixed_size=True)
+    move["Retry"] += _retry(["States.TaskFailed"], attempts=2, interval_s=2)
+    move.update(
+        {
+            "ResultPath": None,
+            "Catch": [
+                {
+                    "ErrorEquals": ["States.ALL"],
+                    "ResultPath": "$.custody_error",
+                    "Next": f"{prefix}FilesKept",
+                }
+            ],
+            "Next": f"{prefix}FilesMoved",
+        }
+    )
+    root = ARCHIVE if destination == "archive" else REJECTED
+    return {
+        f"{prefix}MoveFiles": move,
+        f"{prefix}FilesMoved": {
+            "Type": "Pass",
+            "Parameters": _custody_note(root, moved=True),
+            "ResultPath": "$.notice.custody",
+            "Next": next_state,
+        },
+        # Nothing is lost: each file is in incoming/ or, already moved, in its destination.
+        f"{prefix}FilesKept": {
+            "Type": "Pass",
+            "Parameters": _custody_note(
+                INCOMING,
+                moved=False,
+                extra={
+                    "error.$": "$.custody_error",
+                    "partly_moved_to.$": _prefix_of(root),
+                },
+            ),
+            "ResultPath": "$.notice.custody",
+            "Next": next_state,
+        },
+    }
+
+
+def _kept_for_replay(name: str, next_state: str) -> dict[str, Any]:
+    """Not the data's fault: the files stay in incoming/ and the notice says how to replay."""
+    return {
+        name: {
+            "Type": "Pass",
+            "Parameters": _custody_note(INCOMING, moved=False),
+            "ResultPath": "$.notice.custody",
+            "Next": next_state,
+        }
+    }
+
+
+def _archive_states() -> dict[str, dict[str, Any]]:
+    """After the KPIs are written: move the files to archive/, then the success notice. If the
+    move fails the KPIs stand, but the batch ends FAILED with a notice saying where its files
+    are, so nothing ends silently half-done (a replay re-runs the idempotent KPI job and
+    finishes the archive)."""
+    move = _run_task(
+        "States.Array('move-batch', '--batch-id', $.batch_id, '--to', 'archive')",
+        MOVE_TIMEOUT_S,
+        fixed_size=True,
+    )
+    move["Retry"] += _retry(["States.TaskFailed"], attempts=2, interval_s=2)
+    move.update(
+        {
+            "ResultPath": None,
+            "Catch": [
+                {
+                    "ErrorEquals": ["States.ALL"],
+                    "ResultPath": "$.custody_error",
+                    "Next": "ArchiveFailureNotice",
+                }
+            ],
+            "Next": "ArchivedFiles",
+        }
+    )
+    return {
+        "ArchiveFiles": move,
+        "ArchivedFiles": {
+            "Type": "Pass",
+            "Parameters": _custody_note(ARCHIVE, moved=True),
+            "ResultPath": "$.notice.custody",
+            "Next": "PublishSuccess",
+        },
+        "ArchiveFailureNotice": {
+            "Type": "Pass",
+            "Parameters": {
+                "status": "FAILED",
+                "stage": "archive",
+                "batch_id.$": "$.batch_id",
+                "execution_id.$": "$$.Execution.Id",
+                "kpis_written": True,
+                "error.$": "$.custody_error",
+                "custody": _custody_note(
+                    INCOMING, moved=False, extra={"partly_moved_to.$": _prefix_of(ARCHIVE)}
+                ),
+            },
+            "ResultPath": "$.notice",
+            "Next": "PublishArchiveFailure",
+        },
+        "PublishArchiveFailure": _publish("$.notice", "ArchiveFailed"),
     }
 
 
@@ -242,13 +385,15 @@ def build_definition() -> dict[str, Any]:
                     "stage": "intake",
                     "batch_id.$": "$.batch_id",
                     "execution_id.$": "$$.Execution.Id",
+                    "rule": INTAKE_RULE,
                     "error": "files whose names fit no dataset (expected products*.csv, "
                     "orders*.csv, order_items*.csv)",
                     "unrecognised_files.$": "$.unrecognised_files",
                 },
                 "ResultPath": "$.notice",
-                "Next": "PublishIntakeFailure",
+                "Next": "IntakeMoveFiles",
             },
+            **_move_states("Intake", "rejected", "intake", "PublishIntakeFailure"),
             "PublishIntakeFailure": _publish("$.notice", "IntakeRejected"),
             "IntakeRejected": {
                 "Type": "Fail",
@@ -263,10 +408,17 @@ def build_definition() -> dict[str, Any]:
                     {
                         "ErrorEquals": ["States.ALL"],
                         "ResultPath": "$.error",
-                        "Next": "ValidationFailureNotice",
+                        "Next": "ValidationsErrored",
                     }
                 ],
                 "Next": "SummariseValidations",
+            },
+            # The Parallel state itself failed: no branch results to report.
+            "ValidationsErrored": {
+                "Type": "Pass",
+                "Result": [],
+                "ResultPath": "$.validations",
+                "Next": "ValidationFailureNotice",
             },
             # Branch results are a list; a Choice reads named fields (and moto's interpreter
             # reads an indexed path as a list), so count outcomes with intrinsics first.
@@ -305,8 +457,25 @@ def build_definition() -> dict[str, Any]:
                     "data_docs_index": "s3://${DataBucket}/data-docs/index.html",
                 },
                 "ResultPath": "$.notice",
-                "Next": "PublishValidationFailure",
+                "Next": "RejectedByValidation",
             },
+            # A rule failed: the data's fault, the files go to rejected/. Only errors (a task
+            # crashed, AWS failed): they stay in incoming/ to be replayed.
+            "RejectedByValidation": {
+                "Type": "Choice",
+                "Choices": [
+                    {
+                        "And": [
+                            {"Variable": "$.summary.failed", "IsPresent": True},
+                            {"Variable": "$.summary.failed", "BooleanEquals": True},
+                        ],
+                        "Next": "ValidationMoveFiles",
+                    }
+                ],
+                "Default": "ValidationKeptForReplay",
+            },
+            **_move_states("Validation", "rejected", "validation", "PublishValidationFailure"),
+            **_kept_for_replay("ValidationKeptForReplay", "PublishValidationFailure"),
             "PublishValidationFailure": _publish("$.notice", "ValidationFailed"),
             "ValidationFailed": {
                 "Type": "Fail",
@@ -349,8 +518,9 @@ def build_definition() -> dict[str, Any]:
                     "data_docs_index": "s3://${DataBucket}/data-docs/index.html",
                 },
                 "ResultPath": "$.notice",
-                "Next": "PublishSuccess",
+                "Next": "ArchiveFiles",
             },
+            **_archive_states(),
             "PublishSuccess": _publish("$.notice", "Done"),
             "Done": {"Type": "Succeed"},
             "KpiFailureNotice": {
@@ -363,8 +533,10 @@ def build_definition() -> dict[str, Any]:
                     "error.$": "$.error",
                 },
                 "ResultPath": "$.notice",
-                "Next": "PublishKpiFailure",
+                "Next": "KpiKeptForReplay",
             },
+            # A crashed or killed KPI job is not the data's fault: keep the batch replayable.
+            **_kept_for_replay("KpiKeptForReplay", "PublishKpiFailure"),
             "PublishKpiFailure": _publish("$.notice", "KpiFailed"),
             "NoticeFailed": {
                 "Type": "Fail",
@@ -375,6 +547,12 @@ def build_definition() -> dict[str, Any]:
                 "Type": "Fail",
                 "Error": "Kpi.Failed",
                 "Cause": "The KPI job failed; the SNS notice has the error.",
+            },
+            "ArchiveFailed": {
+                "Type": "Fail",
+                "Error": "Archive.Failed",
+                "Cause": "The KPIs are written but the files could not all be archived; they "
+                "are in incoming/ (or archive/); the SNS notice says how to replay.",
             },
         },
     }

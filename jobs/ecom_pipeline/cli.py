@@ -71,6 +71,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_aws_arguments(kpis)
 
+    move = commands.add_parser(
+        "move-batch",
+        help="move a settled batch's files from incoming/ to archive/ or rejected/ "
+        "(container entry point)",
+    )
+    move.add_argument("--batch-id", required=True)
+    move.add_argument("--to", required=True, choices=("archive", "rejected"), dest="destination")
+    move.add_argument(
+        "--stage",
+        choices=("intake", "validation"),
+        help="with --to rejected: the stage that refused the batch (for _reason.json)",
+    )
+    _add_aws_arguments(move)
+
+    replay = commands.add_parser(
+        "replay",
+        help="run a failed or killed batch again (files gathered back into incoming/)",
+        description=(
+            "Start a new execution (<name>-replay-<n>) for a batch whose last execution failed "
+            "or was killed, after moving its files from rejected/ (and archive/) back into "
+            "incoming/. Refused when the batch is unknown, still RUNNING or succeeded. Exit "
+            "codes: 0 started (with --wait: succeeded), 2 refused, 3 with --wait: the replay "
+            "failed, 4 AWS unreachable or failing."
+        ),
+    )
+    replay.add_argument("batch_id", metavar="BATCH_ID")
+    replay.add_argument(
+        "--state-machine-arn", help="the pipeline's state machine (default: $STATE_MACHINE_ARN)"
+    )
+    replay.add_argument("--bucket", help="S3 bucket (default: $PIPELINE_BUCKET)")
+    replay.add_argument("--endpoint-url", help="AWS endpoint (default: $AWS_ENDPOINT_URL)")
+    replay.add_argument("--region", help="AWS region (default: $AWS_REGION or us-east-1)")
+    replay.add_argument("--wait", action="store_true", help="wait for the execution to end")
+    replay.add_argument("--timeout", type=float, default=3 * 3600, help="seconds, with --wait")
+
     local = commands.add_parser(
         "run-local", help="run batch folders end to end on emulated AWS and local Spark"
     )
@@ -171,8 +206,13 @@ def _validate(args: argparse.Namespace) -> int:
     from ecom_pipeline.validation import validate_dataset
 
     config = _config(args)
+    env = os.environ if args.environ is None else args.environ
     report = validate_dataset(
-        get_spark(f"validate-{args.dataset}"), config, args.batch_id, args.dataset
+        get_spark(f"validate-{args.dataset}"),
+        config,
+        args.batch_id,
+        args.dataset,
+        execution_id=env.get("EXECUTION_ID") or None,
     )
     print(json.dumps(report.as_dict(), default=str))
     for message in report.messages():
@@ -192,6 +232,60 @@ def _compute_kpis(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report.__dict__, default=str))
     return ExitCode.OK
+
+
+def _move_batch(args: argparse.Namespace) -> int:
+    from ecom_pipeline.custody import move_batch
+
+    env = os.environ if args.environ is None else args.environ
+    result = move_batch(
+        _config(args),
+        args.batch_id,
+        args.destination,
+        stage=args.stage,
+        execution_id=env.get("EXECUTION_ID") or None,
+    )
+    print(json.dumps(result))
+    return ExitCode.OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from ecom_pipeline.aws import AwsSettings
+    from ecom_pipeline.replay import ReplayRefusedError, replay_batch, wait_for
+    from ecom_pipeline.storage import BucketStore
+
+    env = os.environ if args.environ is None else args.environ
+    state_machine_arn = args.state_machine_arn or env.get("STATE_MACHINE_ARN")
+    bucket = args.bucket or env.get(ENVIRONMENT["bucket"])
+    if not state_machine_arn or not bucket:
+        raise ConfigError(
+            "replay needs --state-machine-arn (or $STATE_MACHINE_ARN) and --bucket (or "
+            "$PIPELINE_BUCKET): the stack outputs StateMachineArn and DataBucketName"
+        )
+    defaults = AwsSettings.from_env(env)
+    aws = AwsSettings(
+        region=args.region or defaults.region,
+        endpoint_url=args.endpoint_url or defaults.endpoint_url,
+    )
+    sfn = aws.client("stepfunctions")
+    try:
+        result = replay_batch(sfn, BucketStore(bucket, aws), state_machine_arn, args.batch_id)
+    except ReplayRefusedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    for name, status in result.previous:
+        print(f"earlier execution {name}: {status}")
+    if result.restored:
+        print(f"moved {len(result.restored)} files back to incoming/{args.batch_id}/")
+    for key in result.kept:
+        print(f"kept {key} where it is: incoming/{args.batch_id}/ has a file of that name")
+    print(f"started {result.execution_name} ({result.execution_arn})")
+    if not args.wait:
+        return ExitCode.OK
+    described = wait_for(sfn, result.execution_arn, timeout_s=args.timeout)
+    detail = f" ({described['error']})" if described.get("error") else ""
+    print(f"execution {result.execution_name}: {described['status']}{detail}")
+    return ExitCode.OK if described["status"] == "SUCCEEDED" else ExitCode.DATA_REJECTED
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -304,6 +398,8 @@ HANDLERS = {
     "generate": _generate,
     "validate": _validate,
     "compute-kpis": _compute_kpis,
+    "move-batch": _move_batch,
+    "replay": _replay,
     "run-local": _run_local,
     "demo": _demo,
     "kpis": _kpis,

@@ -26,6 +26,8 @@ DEFAULT_INCOMING_PREFIX = "incoming/"
 SUCCESS_MARKER = "_SUCCESS"
 MANIFEST_MARKER = "manifest.json"
 MARKERS = (SUCCESS_MARKER, MANIFEST_MARKER)
+# The rule a batch breaks when a file's name fits no dataset (it would be silently left out).
+INTAKE_RULE = "file name fits a dataset"
 
 # Step Functions execution names, restricted to what is safe everywhere (ARNs, CloudWatch).
 EXECUTION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
@@ -137,6 +139,19 @@ def execution_name(batch_id: str) -> str:
     digest = hashlib.sha256(batch_id.encode("utf-8")).hexdigest()[:_HASH_CHARS]
     base = _NAME_UNSAFE.sub("-", batch_id).strip("-")[: 80 - _HASH_CHARS - 1]
     return f"{base}-{digest}" if base else f"batch-{digest}"
+
+
+def replay_execution_name(batch_id: str, number: int) -> str:
+    """The name of the batch's ``number``-th replay: ``<execution_name>-replay-<number>``, the
+    base shortened (and made unique again with its hash) when the whole would pass 80 chars."""
+    if number < 1:
+        raise ValueError(f"replay numbers start at 1, not {number}")
+    suffix = f"-replay-{number}"
+    base = execution_name(batch_id)
+    if len(base) + len(suffix) <= 80:
+        return base + suffix
+    digest = hashlib.sha256(batch_id.encode("utf-8")).hexdigest()[:_HASH_CHARS]
+    return f"{base[: 80 - len(suffix) - _HASH_CHARS - 1]}-{digest}{suffix}"
 
 
 def read_manifest(text: str) -> list[str]:

@@ -36,7 +36,7 @@ from ecom_pipeline.dashboard import DASHBOARD_PREFIX, relink_data_docs
 from ecom_pipeline.lambda_fn import trigger
 from ecom_pipeline.local_aws import LocalAws
 from ecom_pipeline.local_sfn import InProcessRunner, TaskRunner, enable_interpreter, local_ecs
-from ecom_pipeline.storage import DATA_DOCS, incoming_prefix
+from ecom_pipeline.storage import ARCHIVE, DATA_DOCS, INCOMING, REJECTED, incoming_prefix
 from ecom_pipeline.tiers import TIERS
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ Progress = Callable[[str], None]
 STATE_MACHINE_NAME = "ecom-pipeline"
 MARKER = "_SUCCESS"
 EXECUTION_TIMEOUT_S = 3600
+BUCKET_EXPORT = "bucket"  # OUT/bucket/<prefix>/...: the raw files' custody prefixes
 
 
 def _stderr(message: str) -> None:
@@ -284,6 +285,12 @@ def _report(progress: Progress, notice: dict[str, Any] | None) -> None:
         )
     elif notice.get("error"):
         progress(f"  error: {json.dumps(notice['error'])[:500]}")
+    custody = notice.get("custody") or {}
+    if custody:
+        where = "moved to" if custody.get("moved") else "kept in"
+        progress(f"  files {where} {custody.get('files')}")
+        if custody.get("replay"):
+            progress(f"  to run it again: {custody['replay']}")
 
 
 def run_local(
@@ -320,9 +327,17 @@ def run_local(
             docs = out_dir / "data_docs"
             shutil.rmtree(docs, ignore_errors=True)
             aws.store.download_prefix(DATA_DOCS, docs)
+            _export_custody(aws, out_dir / BUCKET_EXPORT)
             _export_dashboard(aws, out_dir / "dashboard", docs.name)
             shutil.rmtree(config.work_dir, ignore_errors=True)
     return summary
+
+
+def _export_custody(aws: LocalAws, dest: Path) -> None:
+    """Where each batch's raw files ended: OUT/bucket/{incoming,rejected,archive}/<batch>/."""
+    shutil.rmtree(dest, ignore_errors=True)
+    for root in (INCOMING, REJECTED, ARCHIVE):
+        aws.store.download_prefix(root, dest / root)
 
 
 def _export_dashboard(aws: LocalAws, dest: Path, docs_dir: str) -> None:

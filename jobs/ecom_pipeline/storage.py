@@ -6,6 +6,7 @@ downloaded first and outputs uploaded after (see the README, "Reading S3").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
 from dataclasses import dataclass
@@ -19,10 +20,25 @@ STAGING = "staging"
 CURATED = "curated"
 RESULTS = "results"
 DATA_DOCS = "data-docs"
+# Custody of a batch's raw files: they arrive in incoming/<batch>/ and, once the batch is
+# settled, move (never deleted) to archive/<batch>/ (accepted) or rejected/<batch>/ (refused,
+# with REASON_FILE beside them). A batch that failed for a reason that is not the data's fault
+# (a crashed job, an AWS error) stays in incoming/ for `ecom-pipeline replay`.
+REJECTED = "rejected"
+ARCHIVE = "archive"
+REASON_FILE = "_reason.json"
 
 
 def incoming_prefix(batch_id: str) -> str:
     return f"{INCOMING}/{batch_id}/"
+
+
+def rejected_prefix(batch_id: str) -> str:
+    return f"{REJECTED}/{batch_id}/"
+
+
+def archive_prefix(batch_id: str) -> str:
+    return f"{ARCHIVE}/{batch_id}/"
 
 
 def staging_prefix(batch_id: str, dataset: str) -> str:
@@ -39,6 +55,11 @@ def result_key(batch_id: str, dataset: str) -> str:
 
 def kpi_result_key(batch_id: str) -> str:
     return f"{RESULTS}/{batch_id}/kpis.json"
+
+
+def reason_history_key(batch_id: str, execution_name: str) -> str:
+    """Where a replay keeps a rejected batch's _reason.json once its files went back."""
+    return f"{RESULTS}/{batch_id}/rejections/{execution_name}.json"
 
 
 def data_docs_prefix(batch_id: str, dataset: str) -> str:
@@ -114,12 +135,45 @@ class BucketStore:
                 Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
             )
 
+    def head(self, key: str) -> dict[str, Any] | None:
+        """The object's metadata (ContentLength, ETag, ...), or None when there is no such key."""
+        try:
+            return self._s3.head_object(Bucket=self.bucket, Key=key)
+        except self._s3.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def copy(self, source_key: str, dest_key: str) -> None:
+        """Server-side copy within the bucket; boto3's managed copy uses multipart
+        UploadPartCopy for objects above its threshold, so objects over 5 GB copy too."""
+        self._s3.copy({"Bucket": self.bucket, "Key": source_key}, self.bucket, dest_key)
+
+    def sha256(self, key: str) -> str:
+        digest = hashlib.sha256()
+        body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        for chunk in iter(lambda: body.read(1 << 20), b""):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def delete_object(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=key)
+
     def put_json(self, key: str, document: Any) -> None:
         body = json.dumps(document, indent=2, default=str, ensure_ascii=False).encode("utf-8")
         self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
 
     def get_json(self, key: str) -> Any:
         return json.loads(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def get_json_or_none(self, key: str) -> Any:
+        try:
+            return self.get_json(key)
+        except self._s3.exceptions.NoSuchKey:
+            return None
 
 
 def _folder(prefix: str) -> str:

@@ -110,6 +110,8 @@ class ValidationReport:
     failures: list[RuleFailure] = field(default_factory=list)
     rules_evaluated: int = 0
     data_docs: str | None = None
+    # the Step Functions execution that ran this validation (custody reads only its own results)
+    execution_id: str | None = None
 
     def messages(self) -> list[str]:
         return [f.describe(self.dataset) for f in self.failures]
@@ -126,6 +128,7 @@ class ValidationReport:
                 f.as_dict() | {"message": f.describe(self.dataset)} for f in self.failures
             ],
             "data_docs": self.data_docs,
+            "execution_id": self.execution_id,
         }
 
 
@@ -224,7 +227,12 @@ class BatchFiles:
 
 
 def validate_dataset(
-    spark: SparkSession, config: PipelineConfig, batch_id: str, dataset_name: str
+    spark: SparkSession,
+    config: PipelineConfig,
+    batch_id: str,
+    dataset_name: str,
+    *,
+    execution_id: str | None = None,
 ) -> ValidationReport:
     """Check one dataset of a batch; on success stage its accepted rows for the KPI job."""
     started = time.perf_counter()
@@ -240,6 +248,19 @@ def validate_dataset(
             f"batch {batch_id} has no {dataset_name} files under {incoming_prefix(batch_id)}"
         )
     failures, readable = file_failures(dataset, files)
+    if not readable:
+        # No file is CSV text: nothing for Spark and the suite to check (they would only
+        # report every column missing), so the batch is refused before Spark starts.
+        report = ValidationReport(
+            batch_id=batch_id,
+            dataset=dataset_name,
+            files=[f.name for f in files],
+            rows=0,
+            success=False,
+            failures=failures,
+            execution_id=execution_id,
+        )
+        return _finish(store, config, report, files, readable, started)
     with logs.step(log, "read", files=len(readable), refused_files=len(files) - len(readable)):
         frame = read_checkable(spark, dataset, readable)
         if dataset.foreign_keys:
@@ -266,6 +287,7 @@ def validate_dataset(
         success=outcome.success and not failures,
         failures=failures,
         rules_evaluated=outcome.evaluated,
+        execution_id=execution_id,
     )
     if outcome.docs_dir is not None:
         prefix = data_docs_prefix(batch_id, dataset_name)
@@ -279,6 +301,19 @@ def validate_dataset(
             store.delete([o.key for o in store.list(stage)])
             store.upload_dir(staged, stage)
     frame.unpersist()
+    return _finish(store, config, report, files, readable, started)
+
+
+def _finish(
+    store: BucketStore,
+    config: PipelineConfig,
+    report: ValidationReport,
+    files: list[DataFile],
+    readable: list[DataFile],
+    started: float,
+) -> ValidationReport:
+    """Write the result the state machine reads, the Data Docs index, logs and metrics."""
+    batch_id, dataset_name, rows = report.batch_id, report.dataset, report.rows
     store.put_json(result_key(batch_id, dataset_name), report.as_dict())
     from ecom_pipeline.docs_index import publish_index  # the cross-batch Data Docs index
 
