@@ -2,6 +2,7 @@
 # Build and push the job image, build the Lambda zip, package and deploy the CloudFormation stack.
 #
 #   VPC_ID=vpc-... SUBNET_A=subnet-... SUBNET_B=subnet-... ARTIFACT_BUCKET=my-cfn-artifacts \
+#     EMR_RELEASE_LABEL=emr-... [EMR_VENV_ARCHIVE=build/ecom-pipeline-venv.tar.gz] \
 #     [STACK_NAME=ecom-kpi] [AWS_REGION=eu-west-1] [NOTIFICATION_EMAIL=ops@example.com] \
 #     [ECR_REPOSITORY=ecom-pipeline] [IMAGE_TAG=...] [SKIP_IMAGE=1 IMAGE_URI=...] \
 #     infra/deploy.sh
@@ -20,6 +21,7 @@ die() {
 : "${SUBNET_A:?set SUBNET_A (private subnet)}"
 : "${SUBNET_B:?set SUBNET_B (private subnet in another AZ)}"
 : "${ARTIFACT_BUCKET:?set ARTIFACT_BUCKET (an existing S3 bucket for packaged artifacts)}"
+: "${EMR_RELEASE_LABEL:?set EMR_RELEASE_LABEL (an EMR Serverless release whose Spark matches pyspark 4.1)}"
 STACK_NAME="${STACK_NAME:-ecom-kpi}"
 NOTIFICATION_EMAIL="${NOTIFICATION_EMAIL:-}"
 ECR_REPOSITORY="${ECR_REPOSITORY:-ecom-pipeline}"
@@ -68,6 +70,17 @@ aws cloudformation package \
   --s3-prefix "$STACK_NAME" \
   --output-template-file build/packaged-template.yaml
 
+# 3b. The EMR route's artifacts: the job driver and, when given, the packed venv (README,
+# "EMR Serverless route"). Without the venv the stack deploys, and EMR job runs fail until it
+# is uploaded.
+EMR_ARTIFACTS="s3://${ARTIFACT_BUCKET}/${STACK_NAME}/emr/"
+aws s3 cp jobs/spark_driver.py "${EMR_ARTIFACTS}spark_driver.py"
+if [[ -n "${EMR_VENV_ARCHIVE:-}" ]]; then
+  aws s3 cp "$EMR_VENV_ARCHIVE" "${EMR_ARTIFACTS}ecom-pipeline-venv.tar.gz"
+else
+  echo "deploy.sh: EMR_VENV_ARCHIVE not set: upload the packed venv to ${EMR_ARTIFACTS}ecom-pipeline-venv.tar.gz before a batch takes the EMR route" >&2
+fi
+
 # 4. Create or update the stack.
 aws cloudformation deploy \
   --template-file build/packaged-template.yaml \
@@ -80,7 +93,9 @@ aws cloudformation deploy \
   "VpcId=${VPC_ID}" \
   "VpcSubnetA=${SUBNET_A}" \
   "VpcSubnetB=${SUBNET_B}" \
-  "NotificationEmail=${NOTIFICATION_EMAIL}"
+  "NotificationEmail=${NOTIFICATION_EMAIL}" \
+  "ArtifactBucketName=${ARTIFACT_BUCKET}" \
+  "EmrReleaseLabel=${EMR_RELEASE_LABEL}"
 
 aws cloudformation describe-stacks \
   --stack-name "$STACK_NAME" \

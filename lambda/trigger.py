@@ -160,6 +160,7 @@ def _start_batch(
         raise
     return "started", {
         "execution_arn": response["executionArn"],
+        "route": plan["route"],
         "tier": plan["tier"]["name"],
         "total_bytes": plan["total_bytes"],
     }

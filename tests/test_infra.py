@@ -175,13 +175,30 @@ def test_state_machine_role_covers_ecs_sync_and_nothing_broader(template):
     role = "StateMachineRole"
     (run,) = statements_with_action(template, role, "ecs:RunTask")
     assert ref_target(run["Resource"]) == the_one(template, "AWS::ECS::TaskDefinition")[0]
-    (events,) = statements_with_action(template, role, "events:PutRule")
-    assert set(events["Action"]) == {"events:PutTargets", "events:PutRule", "events:DescribeRule"}
-    assert events["Resource"]["Fn::Sub"].endswith(":rule/StepFunctionsGetEventsForECSTaskRule")
+    # one managed events rule per .sync integration: ECS tasks and EMR Serverless job runs
+    rules = statements_with_action(template, role, "events:PutRule")
+    for events in rules:
+        assert set(events["Action"]) == {
+            "events:PutTargets",
+            "events:PutRule",
+            "events:DescribeRule",
+        }
+    assert sorted(e["Resource"]["Fn::Sub"].rsplit("/", 1)[1] for e in rules) == [
+        "StepFunctionsGetEventsForECSTaskRule",
+        "StepFunctionsGetEventsForEMRServerlessJobRule",
+    ]
     (watch,) = statements_with_action(template, role, "ecs:DescribeTasks")
     assert "ecs:StopTask" in watch["Action"]
-    (passing,) = statements_with_action(template, role, "iam:PassRole")
-    assert {r["Fn::GetAtt"][0] for r in passing["Resource"]} == {"JobTaskRole", "JobExecutionRole"}
+    ecs_pass, emr_pass = sorted(
+        statements_with_action(template, role, "iam:PassRole"),
+        key=lambda s: s["Condition"]["StringEquals"]["iam:PassedToService"],
+    )
+    assert {r["Fn::GetAtt"][0] for r in ecs_pass["Resource"]} == {"JobTaskRole", "JobExecutionRole"}
+    assert ecs_pass["Condition"]["StringEquals"]["iam:PassedToService"] == "ecs-tasks.amazonaws.com"
+    assert emr_pass["Resource"] == {"Fn::GetAtt": ["EmrJobRole", "Arn"]}
+    assert emr_pass["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "emr-serverless.amazonaws.com"}
+    }
     (results,) = statements_with_action(template, role, "s3:GetObject")
     assert results["Resource"]["Fn::Sub"].endswith(f"/{storage.RESULTS}/*")
     assert statements_with_action(template, role, "sns:Publish")
@@ -556,3 +573,84 @@ def test_lambda_zip_is_reproducible(tmp_path):
             [sys.executable, str(ZIP_BUILDER), "--out", str(out)], check=True, capture_output=True
         )
     assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+# --- EMR Serverless (the route above the largest Fargate tier) ------------------------------------
+
+
+def test_state_machine_may_start_watch_and_cancel_job_runs_of_its_application_only(template):
+    role = "StateMachineRole"
+    (start,) = statements_with_action(template, role, "emr-serverless:StartJobRun")
+    assert as_list(start["Action"]) == ["emr-serverless:StartJobRun"]
+    assert start["Resource"] == {"Fn::GetAtt": ["EmrApplication", "Arn"]}
+    (watch,) = statements_with_action(template, role, "emr-serverless:GetJobRun")
+    assert sorted(watch["Action"]) == ["emr-serverless:CancelJobRun", "emr-serverless:GetJobRun"]
+    assert watch["Resource"] == {"Fn::Sub": "${EmrApplication.Arn}/jobruns/*"}
+
+
+def test_emr_job_role_has_the_task_roles_data_access_plus_artifacts_and_logs(template):
+    def by_sid(role):
+        return {s["Sid"]: s for s in role_statements(template, role)}
+
+    task, job = by_sid("JobTaskRole"), by_sid("EmrJobRole")
+    # move-batch runs on ECS only: the EMR jobs read incoming/ and never settle a batch
+    custody = {"ReadAndSettleIncoming", "WriteSettledBatches"}
+    assert custody <= set(task)
+    assert not custody & set(job)
+    assert job["ReadIncoming"]["Action"] == "s3:GetObject"
+    assert job["ReadIncoming"]["Resource"] == task["ReadAndSettleIncoming"]["Resource"]
+    shared = {sid: s for sid, s in task.items() if sid not in custody | {"ListPipelinePrefixes"}}
+    assert {sid: job[sid] for sid in shared} == shared  # the same data access otherwise
+    job_prefixes = job["ListPipelinePrefixes"]["Condition"]["StringLike"]["s3:prefix"]
+    task_prefixes = task["ListPipelinePrefixes"]["Condition"]["StringLike"]["s3:prefix"]
+    assert set(job_prefixes) == set(task_prefixes) - {"archive/*", "rejected/*"}
+    data_access = set(shared) | {"ReadIncoming", "ListPipelinePrefixes"}
+    extra = {sid: s for sid, s in job.items() if sid not in data_access}
+    actions = sorted(a for s in extra.values() for a in as_list(s["Action"]))
+    assert actions == [
+        "logs:CreateLogStream",
+        "logs:DescribeLogGroups",
+        "logs:DescribeLogStreams",
+        "logs:PutLogEvents",
+        "s3:GetObject",
+        "s3:PutObject",
+    ]
+    (artifacts,) = [s for s in extra.values() if s["Action"] == "s3:GetObject"]
+    assert artifacts["Resource"]["Fn::Sub"].endswith(
+        "${ArtifactBucketName}/${AWS::StackName}/emr/*"
+    )
+    (trust,) = template["Resources"]["EmrJobRole"]["Properties"]["AssumeRolePolicyDocument"][
+        "Statement"
+    ]
+    assert trust["Principal"] == {"Service": "emr-serverless.amazonaws.com"}
+
+
+def test_emr_application_holds_three_validations_of_the_largest_emr_tier(template):
+    _, app = the_one(template, "AWS::EMRServerless::Application")
+    properties = app["Properties"]
+    assert properties["Type"] == "Spark"
+    capacity = properties["MaximumCapacity"]
+    largest = tiers.EMR_TIERS[-1]
+    workers = 3 * (1 + largest.max_executors)  # three job runs at once, driver + executors each
+    assert int(capacity["Cpu"].split()[0]) >= workers * largest.cores
+    assert int(capacity["Memory"].split()[0]) >= workers * largest.memory_gib
+    assert int(capacity["Disk"].split()[0]) >= workers * largest.disk_gib
+    assert properties["AutoStopConfiguration"]["Enabled"] is True
+    assert {ref_target(s) for s in properties["NetworkConfiguration"]["SubnetIds"]} == {
+        "VpcSubnetA",
+        "VpcSubnetB",
+    }
+
+
+def test_emr_job_runs_log_where_the_job_role_may_write(template):
+    substitutions = the_one(template, "AWS::StepFunctions::StateMachine")[1]["Properties"][
+        "DefinitionSubstitutions"
+    ]
+    assert ref_target(substitutions["EmrLogGroup"]) == "EmrLogGroup"
+    assert substitutions["EmrLogUri"]["Fn::Sub"] == "s3://${DataBucket}/emr-logs/"
+    (writes,) = [
+        s for s in role_statements(template, "EmrJobRole") if s["Sid"] == "WriteJobRunLogsToS3"
+    ]
+    assert writes["Resource"]["Fn::Sub"] == "${DataBucket.Arn}/emr-logs/*"
+    assert ref_target(substitutions["CategoryTable"]) == "CategoryKpiTable"
+    assert ref_target(substitutions["OrderTable"]) == "OrderKpiTable"

@@ -31,7 +31,16 @@ from ecom_pipeline.orchestration import (
     plan_execution,
     read_manifest,
 )
-from ecom_pipeline.tiers import GIB, MIB, TIERS, BatchTooLargeError, choose_tier
+from ecom_pipeline.tiers import (
+    ECS_ROUTE,
+    EMR_ROUTE,
+    EMR_TIERS,
+    GIB,
+    MIB,
+    TIERS,
+    BatchTooLargeError,
+    choose_tier,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIGGER_PATH = ROOT / "lambda" / "trigger.py"
@@ -187,6 +196,7 @@ def test_plan_execution_exact_input():
             "order_items": {"present": True, "bytes": 300, "files": 2},
         },
         "total_bytes": 400,
+        "route": ECS_ROUTE,
         "tier": TIERS[0].as_input(),
         "unrecognised_files": ["incoming/b1/notes.txt", "incoming/b1/products/orders.csv"],
         "received_at": "",
@@ -251,9 +261,26 @@ def test_tier_boundary_is_inclusive():
     assert plan["tier"]["name"] == "medium"
 
 
+def test_batch_above_the_largest_fargate_tier_plans_the_emr_route():
+    largest = TIERS[-1].max_input_bytes
+    at_limit = plan_execution(BUCKET, "b1", [("incoming/b1/orders.csv", largest)])
+    assert (at_limit["route"], at_limit["tier"]) == (ECS_ROUTE, TIERS[-1].as_input())
+    objects = [(f"incoming/huge/order_items_{i}.csv", 5 * GIB) for i in range(5)]  # 25 GiB
+    assert sum(size for _, size in objects) > largest
+    plan = plan_execution(BUCKET, "huge", objects)
+    assert plan["route"] == EMR_ROUTE
+    assert plan["tier"] == EMR_TIERS[0].as_input()
+    assert plan["tier"]["name"] == "emr-large"
+    # the tier's Spark settings ride along for the job run's sparkSubmitParameters
+    assert "--conf spark.dynamicAllocation.maxExecutors=" in plan["tier"]["spark_submit_parameters"]
+    assert "cpu" not in plan["tier"]  # nothing of a Fargate size
+    assert json.loads(json.dumps(plan)) == plan
+
+
 def test_too_large_batch_raises():
-    objects = [(f"incoming/huge/orders_{i}.csv", 5 * GIB) for i in range(5)]
-    with pytest.raises(BatchTooLargeError, match="exceeds the largest tier"):
+    largest = EMR_TIERS[-1].max_input_bytes
+    objects = [(f"incoming/huge/orders_{i}.csv", largest // 4 + 1) for i in range(4)]
+    with pytest.raises(BatchTooLargeError, match="exceeds the largest tier emr-xlarge"):
         plan_execution(BUCKET, "huge", objects)
 
 
@@ -611,7 +638,7 @@ def test_too_large_batch_is_logged_and_raised(aws, trigger, monkeypatch, capsys)
     real_plan = trigger.plan_execution
 
     def huge(bucket, batch_id, objects, **kwargs):
-        objects = [(key, 30 * GIB) for key, _ in objects]
+        objects = [(key, EMR_TIERS[-1].max_input_bytes) for key, _ in objects]
         return real_plan(bucket, batch_id, objects, **kwargs)
 
     monkeypatch.setattr(trigger, "plan_execution", huge)
@@ -620,6 +647,28 @@ def test_too_large_batch_is_logged_and_raised(aws, trigger, monkeypatch, capsys)
     assert aws.executions() == []
     errors = [line for line in log_lines(capsys.readouterr().out) if line["level"] == "ERROR"]
     assert [line["type"] for line in errors] == ["BatchTooLargeError"]
+
+
+def test_batch_above_the_largest_fargate_tier_starts_on_the_emr_route(
+    aws, trigger, monkeypatch, capsys
+):
+    upload_batch(aws, "b1", BATCH_FILES)
+    real_plan = trigger.plan_execution
+
+    def big(bucket, batch_id, objects, **kwargs):
+        objects = [(key, 10 * GIB) for key, _ in objects]  # 5 files: 50 GiB
+        return real_plan(bucket, batch_id, objects, **kwargs)
+
+    monkeypatch.setattr(trigger, "plan_execution", big)
+    result = trigger.handler(s3_event("incoming/b1/_SUCCESS"), FakeContext())
+    assert result["started"] == ["b1"]
+    sent = aws.execution_input("b1")
+    assert sent["total_bytes"] > TIERS[-1].max_input_bytes
+    assert (sent["route"], sent["tier"]["name"]) == (EMR_ROUTE, "emr-large")
+    (started,) = [
+        line for line in log_lines(capsys.readouterr().out) if line["message"] == "started"
+    ]
+    assert (started["route"], started["tier"]) == (EMR_ROUTE, "emr-large")
 
 
 def test_listing_is_paginated(aws, trigger):

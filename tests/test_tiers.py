@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 
 from ecom_pipeline.tiers import (
+    ECS_ROUTE,
+    EMR_ROUTE,
+    EMR_TIERS,
     GIB,
     MIB,
     TIERS,
     BatchTooLargeError,
+    choose_route,
     choose_tier,
+    emr_tier_table_markdown,
+    is_valid_emr_worker,
     is_valid_fargate_size,
     tier_table_markdown,
 )
@@ -85,3 +91,44 @@ def test_the_jvm_heap_follows_the_tier(tmp_path):
 
 def test_readme_shows_the_tier_table():
     assert tier_table_markdown() in README.read_text(encoding="utf-8")
+
+
+# --- The EMR Serverless route, above the largest Fargate tier -------------------------------------
+
+
+def test_batches_above_the_largest_fargate_tier_take_the_emr_route():
+    largest = TIERS[-1].max_input_bytes
+    assert choose_route(0) == (ECS_ROUTE, TIERS[0])
+    assert choose_route(largest) == (ECS_ROUTE, TIERS[-1])
+    assert choose_route(largest + 1) == (EMR_ROUTE, EMR_TIERS[0])
+    assert choose_route(EMR_TIERS[0].max_input_bytes + 1) == (EMR_ROUTE, EMR_TIERS[1])
+    with pytest.raises(BatchTooLargeError, match="emr-xlarge"):
+        choose_route(EMR_TIERS[-1].max_input_bytes + 1)
+    with pytest.raises(ValueError, match="negative"):
+        choose_route(-1)
+    # each EMR tier takes more than the one before, starting above Fargate
+    limits = [largest] + [t.max_input_bytes for t in EMR_TIERS]
+    assert limits == sorted(set(limits))
+    assert [t.max_vcpu for t in EMR_TIERS] == sorted({t.max_vcpu for t in EMR_TIERS})
+
+
+@pytest.mark.parametrize("tier", EMR_TIERS, ids=lambda t: t.name)
+def test_every_emr_tier_is_a_valid_worker_and_spark_fills_it(tier):
+    assert is_valid_emr_worker(tier.cores, tier.memory_gib, tier.disk_gib)
+    conf = tier.spark_conf()
+    heap = int(conf["spark.executor.memory"].removesuffix("m"))
+    overhead = int(conf["spark.executor.memoryOverhead"].removesuffix("m"))
+    # EMR Serverless sizes a worker as heap + overhead: exactly the worker's memory
+    assert heap + overhead == tier.memory_gib * 1024
+    assert overhead >= max(384, heap // 10)  # Spark's own minimum overhead
+    assert conf["spark.driver.memory"] == conf["spark.executor.memory"]
+    assert int(conf["spark.dynamicAllocation.maxExecutors"]) == tier.max_executors
+    shuffle = conf["spark.emr-serverless.driverEnv.SPARK_SHUFFLE_PARTITIONS"]
+    assert int(shuffle) == tier.shuffle_partitions
+    parameters = tier.as_input()["spark_submit_parameters"]
+    assert parameters.count("--conf ") == len(conf)
+    assert not is_valid_emr_worker(tier.cores, tier.memory_gib * 100, tier.disk_gib)
+
+
+def test_readme_shows_the_emr_tier_table():
+    assert emr_tier_table_markdown() in README.read_text(encoding="utf-8")

@@ -1,5 +1,10 @@
 """Generates the state machine definition, ``stepfunctions/pipeline.asl.json``.
 
+Each job (a validation, the KPI job) runs where the plan's ``route`` says: an ECS Fargate task
+sized by the tier (the Default of each route Choice), or, for batches above the largest Fargate
+tier, an EMR Serverless job run (``ecom_pipeline.emr``). Both feed the same result reading,
+summary, notices and Fail states.
+
 The datasets come from the contract, so the Parallel state has one branch per dataset without
 hand-copied JSON. The file keeps ``${Placeholders}`` that CloudFormation fills through
 ``DefinitionSubstitutions`` (and run-local fills the same way). Regenerate with
@@ -13,10 +18,11 @@ import re
 import sys
 from typing import Any
 
+from ecom_pipeline import emr
 from ecom_pipeline.contract import DATASET_ORDER
 from ecom_pipeline.orchestration import INTAKE_RULE
 from ecom_pipeline.storage import ARCHIVE, INCOMING, REASON_FILE, REJECTED, RESULTS
-from ecom_pipeline.tiers import TIERS
+from ecom_pipeline.tiers import EMR_ROUTE, TIERS
 
 PLACEHOLDERS: tuple[str, ...] = (
     "ClusterArn",
@@ -27,7 +33,29 @@ PLACEHOLDERS: tuple[str, ...] = (
     "SecurityGroupId",
     "NotificationTopicArn",
     "DataBucket",
+    # the EMR Serverless route (batches above the largest Fargate tier)
+    "EmrApplicationId",
+    "EmrJobRoleArn",
+    "EmrArtifactsUri",
+    "EmrLogUri",
+    "EmrLogGroup",
+    "CategoryTable",
+    "OrderTable",
+    "Region",
 )
+# What the EMR job runs get for each deployment-fixed field of their request.
+EMR_PLACEHOLDERS = {
+    "application_id": "${EmrApplicationId}",
+    "execution_role_arn": "${EmrJobRoleArn}",
+    "artifacts_uri": "${EmrArtifactsUri}",
+    "log_uri": "${EmrLogUri}",
+    "log_group": "${EmrLogGroup}",
+    "bucket": "${DataBucket}",
+    "category_table": "${CategoryTable}",
+    "order_table": "${OrderTable}",
+    "topic_arn": "${NotificationTopicArn}",
+    "region": "${Region}",
+}
 # The job container's name in the task definition (infra/template.yaml uses the same).
 CONTAINER_NAME = "pipeline"
 VALIDATION_TIMEOUT_S = 3600
@@ -46,6 +74,11 @@ TRANSIENT_ECS_ERRORS = [
     "ECS.PlatformTaskDefinitionIncompatibilityException",
 ]
 TRANSIENT_AWS_ERRORS = ["States.Timeout", "S3.SdkClientException", "SNS.ThrottledException"]
+# The same for EMR Serverless: the run could not be started (a run that ran and failed is
+# States.TaskFailed, not retried). Names are StartJobRun's errors in botocore's model.
+TRANSIENT_EMR_ERRORS = ["EMRServerless.InternalServerException", "EMRServerless.ConflictException"]
+# Slack on top of the job run's own executionTimeoutMinutes: queueing and worker start-up.
+EMR_START_SLACK_S = 900
 
 
 def _retry(errors: list[str], attempts: int, interval_s: int) -> list[dict[str, Any]]:
@@ -242,30 +275,63 @@ def _archive_states() -> dict[str, dict[str, Any]]:
     }
 
 
+def _emr_job_run(job: str, arguments: str, name: str) -> dict[str, Any]:
+    """The same job as an EMR Serverless job run of the tier's size (the EMR route)."""
+    return {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::emr-serverless:startJobRun.sync",
+        "TimeoutSeconds": emr.EXECUTION_TIMEOUT_MINUTES[job] * 60 + EMR_START_SLACK_S,
+        "Parameters": emr.states_parameters(
+            job=job,
+            placeholders=EMR_PLACEHOLDERS,
+            arguments_path=arguments,
+            spark_parameters_path="$.tier.spark_submit_parameters",
+            name_path=name,
+        ),
+        "Retry": _retry(TRANSIENT_EMR_ERRORS, attempts=3, interval_s=10),
+    }
+
+
+def _route(ecs_state: str, emr_state: str) -> dict[str, Any]:
+    """Run the job where the plan's route says: EMR Serverless, else (Default) ECS Fargate."""
+    return {
+        "Type": "Choice",
+        "Choices": [{"Variable": "$.route", "StringEquals": EMR_ROUTE, "Next": emr_state}],
+        "Default": ecs_state,
+    }
+
+
 def _state_name(dataset: str) -> str:
     return "".join(part.title() for part in dataset.split("_"))
 
 
 def _validation_branch(dataset: str) -> dict[str, Any]:
     name = _state_name(dataset)
-    validate = _run_task(
-        f"States.Array('validate', '--batch-id', $.batch_id, '--dataset', '{dataset}')",
-        VALIDATION_TIMEOUT_S,
+    arguments = f"States.Array('validate', '--batch-id', $.batch_id, '--dataset', '{dataset}')"
+    validate = _run_task(arguments, VALIDATION_TIMEOUT_S)
+    validate_on_emr = _emr_job_run(
+        "validate", arguments, f"States.Format('validate-{dataset}-{{}}', $.batch_id)"
     )
-    validate.update(
-        {
-            "ResultSelector": {"dataset": dataset, "status": "PASSED"},
-            "Catch": [
-                {
-                    "ErrorEquals": ["States.TaskFailed"],
-                    "ResultPath": "$.error",
-                    "Next": f"Read{name}Result",
-                },
-                {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": f"{name}Errored"},
-            ],
-            "End": True,
-        }
-    )
+    for task in (validate, validate_on_emr):
+        # Either way a job that ran and exited non-zero is States.TaskFailed: read its result.
+        task.update(
+            {
+                "ResultSelector": {"dataset": dataset, "status": "PASSED"},
+                "Catch": [
+                    {
+                        "ErrorEquals": ["States.TaskFailed"],
+                        "ResultPath": "$.error",
+                        "Next": f"Read{name}Result",
+                    },
+                    {
+                        "ErrorEquals": ["States.ALL"],
+                        "ResultPath": "$.error",
+                        "Next": f"{name}Errored",
+                    },
+                ],
+                "End": True,
+            }
+        )
     return {
         "StartAt": f"Has{name}",
         "States": {
@@ -275,17 +341,19 @@ def _validation_branch(dataset: str) -> dict[str, Any]:
                     {
                         "Variable": f"$.datasets.{dataset}.present",
                         "BooleanEquals": True,
-                        "Next": f"Validate{name}",
+                        "Next": f"Route{name}",
                     }
                 ],
                 "Default": f"Skip{name}",
             },
+            f"Route{name}": _route(f"Validate{name}", f"Validate{name}OnEmr"),
             f"Skip{name}": {
                 "Type": "Pass",
                 "Result": {"dataset": dataset, "status": "SKIPPED"},
                 "End": True,
             },
             f"Validate{name}": validate,
+            f"Validate{name}OnEmr": validate_on_emr,
             # The container exited non-zero: its result file says which rules failed.
             f"Read{name}Result": {
                 "Type": "Task",
@@ -342,19 +410,27 @@ def _publish(notice_path: str, next_state: str) -> dict[str, Any]:
 def build_definition() -> dict[str, Any]:
     """The state machine, with ${Placeholders} for the deployment's resources."""
     branches = [_validation_branch(d) for d in DATASET_ORDER]
-    kpis = _run_task(
-        "States.Array('compute-kpis', '--batch-id', $.batch_id, '--received-at', $.received_at)",
-        KPI_TIMEOUT_S,
+    kpi_arguments = (
+        "States.Array('compute-kpis', '--batch-id', $.batch_id, '--received-at', $.received_at)"
     )
-    kpis.update(
-        {
-            "ResultPath": None,
-            "Catch": [
-                {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "KpiFailureNotice"}
-            ],
-            "Next": "ReadKpiReport",
-        }
+    kpis = _run_task(kpi_arguments, KPI_TIMEOUT_S)
+    kpis_on_emr = _emr_job_run(
+        "compute-kpis", kpi_arguments, "States.Format('compute-kpis-{}', $.batch_id)"
     )
+    for task in (kpis, kpis_on_emr):
+        task.update(
+            {
+                "ResultPath": None,
+                "Catch": [
+                    {
+                        "ErrorEquals": ["States.ALL"],
+                        "ResultPath": "$.error",
+                        "Next": "KpiFailureNotice",
+                    }
+                ],
+                "Next": "ReadKpiReport",
+            }
+        )
     return {
         "Comment": "ecom-pipeline: validate the batch's datasets in parallel, then compute KPIs. "
         "Generated by ecom_pipeline.asl; placeholders are filled by DefinitionSubstitutions.",
@@ -441,7 +517,7 @@ def build_definition() -> dict[str, Any]:
                             {"Variable": "$.summary.errored", "BooleanEquals": False},
                             {"Variable": "$.summary.validated", "BooleanEquals": True},
                         ],
-                        "Next": "ComputeKpis",
+                        "Next": "RouteKpis",
                     }
                 ],
                 "Default": "ValidationFailureNotice",
@@ -482,7 +558,9 @@ def build_definition() -> dict[str, Any]:
                 "Error": "Validation.Failed",
                 "Cause": "The batch broke validation rules; the SNS notice lists them.",
             },
+            "RouteKpis": _route("ComputeKpis", "ComputeKpisOnEmr"),
             "ComputeKpis": kpis,
+            "ComputeKpisOnEmr": kpis_on_emr,
             "ReadKpiReport": {
                 "Type": "Task",
                 "Resource": "arn:aws:states:::aws-sdk:s3:getObject",

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from ecom_pipeline.contract import DATASET_ORDER, dataset_of_file
-from ecom_pipeline.tiers import choose_tier
+from ecom_pipeline.tiers import choose_route
 
 # Mirrors storage.INCOMING ("incoming/<batch_id>/"); storage.py cannot be imported here.
 DEFAULT_INCOMING_PREFIX = "incoming/"
@@ -195,7 +195,9 @@ def plan_execution(
 
     ``objects`` are the (key, size) of everything under ``<prefix><batch_id>/``. With
     ``manifest_files`` (from ``read_manifest``) only those files are planned and each must be in
-    ``objects``. Raises tiers.BatchTooLargeError when no tier takes the batch.
+    ``objects``. ``route`` says where the jobs run (``tiers.ECS_ROUTE``: Fargate tasks sized by
+    ``tier``; ``tiers.EMR_ROUTE``: EMR Serverless job runs, for batches above the largest Fargate
+    tier). Raises tiers.BatchTooLargeError when no tier of either route takes the batch.
     """
     if not is_safe_batch_id(batch_id):
         raise ValueError(f"unsafe batch id {batch_id!r}")
@@ -236,12 +238,14 @@ def plan_execution(
         entry["bytes"] += sizes[relative]
 
     total_bytes = sum(entry["bytes"] for entry in datasets.values())
+    route, tier = choose_route(total_bytes)
     return {
         "batch_id": batch_id,
         "bucket": bucket,
         "datasets": datasets,
         "total_bytes": total_bytes,
-        "tier": choose_tier(total_bytes).as_input(),
+        "route": route,
+        "tier": tier.as_input(),
         "unrecognised_files": unrecognised,
         # when the batch was complete (the marker's event time): the notices' durations start here
         "received_at": received_at or "",

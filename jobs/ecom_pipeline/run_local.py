@@ -179,6 +179,16 @@ class LocalPipeline:
                 "SecurityGroupId": "sg-local",
                 "NotificationTopicArn": aws.topic_arn,
                 "DataBucket": aws.bucket,
+                # The EMR route (batches above the largest Fargate tier) cannot run here: moto's
+                # interpreter has no emr-serverless .sync integration; local batches are small.
+                "EmrApplicationId": "local-emr-application",
+                "EmrJobRoleArn": "arn:aws:iam::123456789012:role/ecom-pipeline-emr-job",
+                "EmrArtifactsUri": f"s3://{aws.bucket}/emr-artifacts/",
+                "EmrLogUri": f"s3://{aws.bucket}/emr-logs/",
+                "EmrLogGroup": "/aws/emr-serverless/ecom-pipeline-local",
+                "CategoryTable": config.category_table,
+                "OrderTable": config.order_table,
+                "Region": aws.region,
             },
         )
         self.sfn = aws.client("stepfunctions")

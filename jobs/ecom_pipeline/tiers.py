@@ -2,6 +2,10 @@
 
 One table, used by the Lambda (which tier to ask for), the state machine (ECS overrides), the
 jobs (Spark configuration) and the docs. Every cpu/memory pair is one Fargate accepts.
+
+Above the largest Fargate tier a batch takes the EMR Serverless route instead: the same jobs,
+run by EMR Serverless with a driver and several executors (``EMR_TIERS``). ``choose_route``
+picks the route and tier for a batch; the plan the Lambda sends carries both.
 """
 
 from __future__ import annotations
@@ -100,12 +104,134 @@ TIERS: tuple[Tier, ...] = (
 )
 
 
+# Where a batch's jobs run: one Fargate task per job, or one EMR Serverless job run per job.
+ECS_ROUTE = "ecs"
+EMR_ROUTE = "emr"
+ROUTES = (ECS_ROUTE, EMR_ROUTE)
+
+# EMR Serverless worker sizes: memory (GiB) allowed per vCPU count.
+EMR_WORKER_MEMORY_GIB: dict[int, tuple[int, int]] = {
+    1: (2, 8),
+    2: (4, 16),
+    4: (8, 30),
+    8: (16, 60),
+    16: (32, 120),
+}
+EMR_WORKER_DISK_GIB = (20, 200)
+# Of an EMR worker's memory, Spark's heap gets this share; the rest is spark.*.memoryOverhead
+# (Python workers, off-heap), which EMR Serverless adds to the heap when it sizes the worker.
+EMR_HEAP_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class EmrTier:
+    """A size for the EMR Serverless route: each job run gets one driver and up to
+    ``max_executors`` executors, all workers of ``cores`` vCPU and ``memory_gib`` GiB."""
+
+    name: str
+    max_input_bytes: int
+    cores: int  # vCPU of the driver and of each executor
+    memory_gib: int  # memory of each worker, overhead included
+    disk_gib: int  # local disk of each worker (shuffle, spill, staged files)
+    max_executors: int
+    shuffle_partitions: int
+
+    @property
+    def heap_mib(self) -> int:
+        return int(self.memory_gib * 1024 * EMR_HEAP_SHARE)
+
+    @property
+    def overhead_mib(self) -> int:
+        return self.memory_gib * 1024 - self.heap_mib
+
+    @property
+    def max_vcpu(self) -> int:
+        """vCPU of one job run at full size (driver and every executor)."""
+        return self.cores * (1 + self.max_executors)
+
+    def spark_conf(self) -> dict[str, str]:
+        """The Spark settings of a job run of this tier (spark-submit --conf)."""
+        return {
+            "spark.driver.cores": str(self.cores),
+            "spark.driver.memory": f"{self.heap_mib}m",
+            "spark.driver.memoryOverhead": f"{self.overhead_mib}m",
+            "spark.executor.cores": str(self.cores),
+            "spark.executor.memory": f"{self.heap_mib}m",
+            "spark.executor.memoryOverhead": f"{self.overhead_mib}m",
+            "spark.emr-serverless.driver.disk": f"{self.disk_gib}g",
+            "spark.emr-serverless.executor.disk": f"{self.disk_gib}g",
+            "spark.dynamicAllocation.enabled": "true",
+            "spark.dynamicAllocation.minExecutors": "1",
+            "spark.dynamicAllocation.maxExecutors": str(self.max_executors),
+            # get_spark sets the session's shuffle partitions from this variable (a --conf of
+            # spark.sql.shuffle.partitions would be overridden by it)
+            "spark.emr-serverless.driverEnv.SPARK_SHUFFLE_PARTITIONS": str(self.shuffle_partitions),
+        }
+
+    def as_input(self) -> dict[str, Any]:
+        """The tier as the state machine receives it: its Spark settings as spark-submit
+        arguments, which the EMR job-run configuration appends to the fixed ones."""
+        return {
+            "name": self.name,
+            "spark_submit_parameters": " ".join(
+                f"--conf {key}={value}" for key, value in self.spark_conf().items()
+            ),
+        }
+
+
+EMR_TIERS: tuple[EmrTier, ...] = (
+    EmrTier(
+        "emr-large",
+        256 * GIB,
+        cores=4,
+        memory_gib=16,
+        disk_gib=200,
+        max_executors=40,
+        shuffle_partitions=640,
+    ),
+    EmrTier(
+        "emr-xlarge",
+        1024 * GIB,
+        cores=4,
+        memory_gib=16,
+        disk_gib=200,
+        max_executors=160,
+        shuffle_partitions=2560,
+    ),
+)
+
+
 class BatchTooLargeError(ValueError):
-    """More input than the largest container tier takes."""
+    """More input than the largest tier of every route takes."""
+
+
+def choose_route(input_bytes: int) -> tuple[str, Tier | EmrTier]:
+    """The route and tier of a batch: the smallest Fargate tier that holds it, else (above the
+    largest Fargate tier) the smallest EMR Serverless tier that does."""
+    if input_bytes < 0:
+        raise ValueError(f"input size cannot be negative: {input_bytes}")
+    if input_bytes <= TIERS[-1].max_input_bytes:
+        return ECS_ROUTE, choose_tier(input_bytes)
+    for tier in EMR_TIERS:
+        if input_bytes <= tier.max_input_bytes:
+            return EMR_ROUTE, tier
+    largest = EMR_TIERS[-1]
+    raise BatchTooLargeError(
+        f"batch of {input_bytes / GIB:.1f} GiB exceeds the largest tier "
+        f"{largest.name} ({largest.max_input_bytes / GIB:.0f} GiB, EMR Serverless); raise the "
+        "limits in ecom_pipeline/tiers.py or split the batch"
+    )
+
+
+def is_valid_emr_worker(cores: int, memory_gib: int, disk_gib: int) -> bool:
+    low, high = EMR_WORKER_MEMORY_GIB.get(cores, (1, 0))
+    return (
+        low <= memory_gib <= high and EMR_WORKER_DISK_GIB[0] <= disk_gib <= EMR_WORKER_DISK_GIB[1]
+    )
 
 
 def choose_tier(input_bytes: int) -> Tier:
-    """The smallest tier whose limit holds the batch."""
+    """The smallest Fargate tier whose limit holds the batch."""
     if input_bytes < 0:
         raise ValueError(f"input size cannot be negative: {input_bytes}")
     for tier in TIERS:
@@ -115,7 +241,7 @@ def choose_tier(input_bytes: int) -> Tier:
     raise BatchTooLargeError(
         f"batch of {input_bytes / GIB:.1f} GiB exceeds the largest tier "
         f"{largest.name} ({largest.max_input_bytes / GIB:.0f} GiB); raise the limits in "
-        "ecom_pipeline/tiers.py or split the batch"
+        "ecom_pipeline/tiers.py or split the batch (or route it to EMR Serverless: choose_route)"
     )
 
 
@@ -150,6 +276,34 @@ def tier_table_markdown() -> str:
             f"{t.memory_mib // 1024} GiB",
             f"{t.driver_memory_mib} MiB",
             f"{t.ephemeral_storage_gib} GiB",
+            str(t.shuffle_partitions),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def emr_tier_table_markdown() -> str:
+    """The EMR Serverless tiers as Markdown, for the README (a test keeps the README in step)."""
+    header = (
+        "tier",
+        "input up to",
+        "worker (driver and each executor)",
+        "Spark heap + overhead",
+        "disk",
+        "executors",
+        "vCPU at full size",
+        "shuffle partitions",
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for t in EMR_TIERS:
+        cells = (
+            t.name,
+            _size(t.max_input_bytes),
+            f"{t.cores} vCPU, {t.memory_gib} GiB",
+            f"{t.heap_mib} + {t.overhead_mib} MiB",
+            f"{t.disk_gib} GiB",
+            f"1 to {t.max_executors}",
+            str(t.max_vcpu),
             str(t.shuffle_partitions),
         )
         lines.append("| " + " | ".join(cells) + " |")
