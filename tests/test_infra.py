@@ -16,13 +16,14 @@ import pytest
 from botocore.validate import ParamValidator
 from cfnlint.decode import cfn_yaml
 
-from ecom_pipeline import asl, config, contract, dashboard, orchestration, storage, tiers
+from ecom_pipeline import asl, config, contract, dashboard, lock, orchestration, storage, tiers
 from ecom_pipeline.dynamo import table_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "infra" / "template.yaml"
 ZIP_BUILDER = ROOT / "infra" / "build_lambda_zip.py"
 CFN_LINT = Path(sys.executable).with_name("cfn-lint")
+LOCK_RESOURCE = "LockTable"
 
 # Allow statements whose Resource may be "*": AWS offers no resource-level permission for them.
 STAR_RESOURCE_ACTIONS = {
@@ -162,9 +163,18 @@ def test_lambda_role_is_least_privilege(template):
         "logs:PutLogEvents",
         "s3:GetObject",
         "s3:ListBucket",
+        "sns:Publish",
         "states:DescribeExecution",
         "states:StartExecution",
     ]
+    # refusals (a batch above MAX_BATCH_BYTES) are announced on the pipeline's topic only
+    (notify,) = statements_with_action(template, "TriggerRole", "sns:Publish")
+    assert ref_target(notify["Resource"]) == the_one(template, "AWS::SNS::Topic")[0]
+    _, function = the_one(template, "AWS::Lambda::Function")
+    env = function["Properties"]["Environment"]["Variables"]
+    assert ref_target(env["NOTIFY_TOPIC_ARN"]) == the_one(template, "AWS::SNS::Topic")[0]
+    assert ref_target(env[tiers.MAX_BATCH_BYTES_ENV]) == "MaxBatchBytes"
+    assert template["Parameters"]["MaxBatchBytes"]["Default"] == ""  # tiers' default
     (listing,) = statements_with_action(template, "TriggerRole", "s3:ListBucket")
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["incoming/*"]}}
     (reading,) = statements_with_action(template, "TriggerRole", "s3:GetObject")
@@ -200,15 +210,29 @@ def test_task_role_reaches_only_the_pipeline_prefixes_tables_and_topic(template)
     # incoming/ is read-only for the jobs; the KPI job also publishes the dashboard
     assert written == prefixes - {storage.INCOMING} | {dashboard.DASHBOARD_PREFIX}
     (tables,) = statements_with_action(template, role, "dynamodb:BatchWriteItem")
-    assert set(tables["Action"]) == {
-        "dynamodb:BatchWriteItem",
-        "dynamodb:PutItem",
-        "dynamodb:DeleteItem",
-        "dynamodb:GetItem",
-        "dynamodb:Query",
-    }
-    table_resources = set(resources_of(template, "AWS::DynamoDB::Table"))
+    # dynamo.py writes and deletes with BatchWriteItem only; the dashboard reads with Query
+    assert set(tables["Action"]) == {"dynamodb:BatchWriteItem", "dynamodb:Query"}
+    table_resources = set(resources_of(template, "AWS::DynamoDB::Table")) - {LOCK_RESOURCE}
     assert {r["Fn::GetAtt"][0] for r in tables["Resource"]} == table_resources
+    # the lock table: the lease's four item calls, on the one lock item, nothing else
+    (lock,) = statements_with_action(template, role, "dynamodb:UpdateItem")
+    assert set(lock["Action"]) == {
+        "dynamodb:PutItem",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+    }
+    assert lock["Resource"] == {"Fn::GetAtt": [LOCK_RESOURCE, "Arn"]}
+    assert lock["Condition"] == {
+        "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [contract.LOCK_CURATED_STORE]}
+    }
+    dynamo_actions = {
+        a
+        for s in role_statements(template, role)
+        for a in as_list(s["Action"])
+        if a.startswith("dynamodb:")
+    }
+    assert dynamo_actions == set(tables["Action"]) | set(lock["Action"])
 
 
 # --- Step Functions ------------------------------------------------------------------------------
@@ -395,7 +419,8 @@ def test_tables_have_the_contract_keys_pitr_and_encryption(template):
     }
     definitions = {d["TableName"]: d for d in table_definitions()}
     assert set(by_env) == set(definitions)
-    assert set(by_env.values()) == set(resources_of(template, "AWS::DynamoDB::Table"))
+    kpi_tables = set(resources_of(template, "AWS::DynamoDB::Table")) - {LOCK_RESOURCE}
+    assert set(by_env.values()) == kpi_tables
     for table, resource in by_env.items():
         properties = template["Resources"][resource]["Properties"]
         assert properties["KeySchema"] == definitions[table]["KeySchema"], table
@@ -408,6 +433,25 @@ def test_tables_have_the_contract_keys_pitr_and_encryption(template):
         ), table
         assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert properties["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_lock_table_has_the_lock_key_ttl_pitr_and_encryption_and_reaches_the_jobs(template):
+    env = container_env(template)
+    assert ref_target(env[config.ENVIRONMENT["lock_table"]]) == LOCK_RESOURCE
+    # the lease and wait bound of the deployment are the code's defaults
+    assert float(env[config.ENVIRONMENT["lock_lease_s"]]) == lock.DEFAULT_LEASE_S
+    assert float(env[config.ENVIRONMENT["lock_wait_s"]]) == lock.DEFAULT_WAIT_S
+    properties = template["Resources"][LOCK_RESOURCE]["Properties"]
+    definition = lock.lock_table_definition()
+    assert properties["KeySchema"] == definition["KeySchema"]
+    assert properties["AttributeDefinitions"] == definition["AttributeDefinitions"]
+    assert properties["BillingMode"] == "PAY_PER_REQUEST"
+    assert properties["TimeToLiveSpecification"] == {
+        "AttributeName": contract.LOCK_EXPIRY_ATTRIBUTE,
+        "Enabled": True,
+    }
+    assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert properties["SSESpecification"]["SSEEnabled"] is True
 
 
 def test_every_access_pattern_index_exists_in_the_template(template):

@@ -100,8 +100,19 @@ TIERS: tuple[Tier, ...] = (
 )
 
 
+# The largest batch the Lambda accepts (sum of its dataset files' bytes): a larger one is
+# refused with a notice before any Spark starts. The Lambda reads MAX_BATCH_BYTES from its
+# environment; by default it is the largest tier's limit. A route for bigger batches (another
+# engine above the largest Fargate tier) raises it.
+MAX_BATCH_BYTES_ENV = "MAX_BATCH_BYTES"
+
+
+def default_max_batch_bytes() -> int:
+    return TIERS[-1].max_input_bytes
+
+
 class BatchTooLargeError(ValueError):
-    """More input than the largest container tier takes."""
+    """More input than the configured maximum, or than the largest container tier takes."""
 
 
 def choose_tier(input_bytes: int) -> Tier:
