@@ -5,6 +5,7 @@ jobs read, the tier sizes, the table keys. No Spark, no AWS."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -191,48 +192,113 @@ def test_state_machine_role_covers_ecs_sync_and_nothing_broader(template):
     (watch,) = statements_with_action(template, role, "ecs:DescribeTasks")
     assert "ecs:StopTask" in watch["Action"]
     (passing,) = statements_with_action(template, role, "iam:PassRole")
-    assert {r["Fn::GetAtt"][0] for r in passing["Resource"]} == {"JobTaskRole", "JobExecutionRole"}
+    assert {r["Fn::GetAtt"][0] for r in passing["Resource"]} == {
+        "JobTaskRole",
+        "KpiTaskRole",
+        "JobExecutionRole",
+    }
     (results,) = statements_with_action(template, role, "s3:GetObject")
     assert results["Resource"]["Fn::Sub"].endswith(f"/{storage.RESULTS}/*")
     assert statements_with_action(template, role, "sns:Publish")
 
 
-def test_task_role_reaches_only_the_pipeline_prefixes_tables_and_topic(template):
-    role = "JobTaskRole"
+def _listed(template, role):
     (listing,) = statements_with_action(template, role, "s3:ListBucket")
-    prefixes = {storage.INCOMING, storage.STAGING, storage.CURATED, storage.RESULTS}
-    prefixes.add(storage.DATA_DOCS)
-    assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == sorted(
-        f"{p}/*" for p in prefixes
-    )
-    writes = statements_with_action(template, role, "s3:PutObject")
-    written = {r["Fn::Sub"].split("/")[-2] for s in writes for r in as_list(s["Resource"])}
-    # incoming/ is read-only for the jobs; the KPI job also publishes the dashboard
-    assert written == prefixes - {storage.INCOMING} | {dashboard.DASHBOARD_PREFIX}
+    return {p.removesuffix("/*") for p in listing["Condition"]["StringLike"]["s3:prefix"]}
+
+
+def _objects(template, role, action):
+    """The bucket prefixes ``action`` is allowed on (``${DataBucket.Arn}/<prefix>/*``)."""
+    return {
+        r["Fn::Sub"].split("/")[-2]
+        for s in statements_with_action(template, role, action)
+        for r in as_list(s["Resource"])
+    }
+
+
+def test_validation_role_reads_the_batch_and_writes_only_its_work_areas(template):
+    role = "JobTaskRole"  # the task definition's: the validation tasks run under it
+    assert task_definition(template)["TaskRoleArn"] == {"Fn::GetAtt": [role, "Arn"]}
+    work = {storage.STAGING, storage.RESULTS, storage.DATA_DOCS}
+    assert _listed(template, role) == {storage.INCOMING, storage.CURATED} | work
+    assert _objects(template, role, "s3:GetObject") == {storage.INCOMING, storage.CURATED} | work
+    # incoming/ and curated/ are read-only for validation
+    assert _objects(template, role, "s3:PutObject") == work
+    assert _objects(template, role, "s3:DeleteObject") == work
+    actions = {a for s in role_statements(template, role) for a in as_list(s["Action"])}
+    assert not [a for a in actions if not a.startswith("s3:")]  # no DynamoDB, no SNS
+
+
+def test_kpi_role_reaches_only_its_prefixes_tables_and_lock(template):
+    role = "KpiTaskRole"
+    assert _listed(template, role) == {storage.STAGING, storage.CURATED, storage.RESULTS}
+    assert _objects(template, role, "s3:GetObject") == {
+        storage.STAGING,
+        storage.CURATED,
+        storage.RESULTS,
+    }
+    assert _objects(template, role, "s3:PutObject") == {
+        storage.CURATED,
+        storage.RESULTS,
+        dashboard.DASHBOARD_PREFIX,
+    }
+    assert _objects(template, role, "s3:DeleteObject") == {storage.CURATED}
     (tables,) = statements_with_action(template, role, "dynamodb:BatchWriteItem")
     # dynamo.py writes and deletes with BatchWriteItem only; the dashboard reads with Query
     assert set(tables["Action"]) == {"dynamodb:BatchWriteItem", "dynamodb:Query"}
     table_resources = set(resources_of(template, "AWS::DynamoDB::Table")) - {LOCK_RESOURCE}
     assert {r["Fn::GetAtt"][0] for r in tables["Resource"]} == table_resources
     # the lock table: the lease's four item calls, on the one lock item, nothing else
-    (lock,) = statements_with_action(template, role, "dynamodb:UpdateItem")
-    assert set(lock["Action"]) == {
+    (lock_statement,) = statements_with_action(template, role, "dynamodb:UpdateItem")
+    assert set(lock_statement["Action"]) == {
         "dynamodb:PutItem",
         "dynamodb:GetItem",
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",
     }
-    assert lock["Resource"] == {"Fn::GetAtt": [LOCK_RESOURCE, "Arn"]}
-    assert lock["Condition"] == {
+    assert lock_statement["Resource"] == {"Fn::GetAtt": [LOCK_RESOURCE, "Arn"]}
+    assert lock_statement["Condition"] == {
         "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [contract.LOCK_CURATED_STORE]}
     }
-    dynamo_actions = {
-        a
-        for s in role_statements(template, role)
-        for a in as_list(s["Action"])
-        if a.startswith("dynamodb:")
-    }
-    assert dynamo_actions == set(tables["Action"]) | set(lock["Action"])
+    actions = {a for s in role_statements(template, role) for a in as_list(s["Action"])}
+    assert {a for a in actions if not a.startswith("s3:")} == set(tables["Action"]) | set(
+        lock_statement["Action"]
+    )
+
+
+def test_the_kpi_task_runs_under_the_kpi_role(template):
+    states = asl.build_definition()["States"]
+    assert states["ComputeKpis"]["Parameters"]["Overrides"]["TaskRoleArn"] == "${KpiTaskRoleArn}"
+    branches = states["ValidateDatasets"]["Branches"]
+    for branch in branches:
+        for state in branch["States"].values():
+            if state.get("Resource", "").startswith("arn:aws:states:::ecs:"):
+                assert "TaskRoleArn" not in state["Parameters"]["Overrides"]
+    _, machine = the_one(template, "AWS::StepFunctions::StateMachine")
+    substitutions = machine["Properties"]["DefinitionSubstitutions"]
+    assert substitutions["KpiTaskRoleArn"] == {"Fn::GetAtt": ["KpiTaskRole", "Arn"]}
+
+
+_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
+
+
+def test_no_secrets_in_the_image_or_the_deployed_environments(template):
+    """The tasks and the Lambda get AWS credentials from their roles: nothing secret is baked
+    into the image, passed in its build context or set in an environment."""
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    for line in dockerfile.splitlines():
+        if line.lstrip().startswith(("ENV", "ARG")):
+            assert not _SECRET_NAME.search(line), line
+    allowed = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert "*" in allowed  # the build context is an allow-list
+    assert not any(
+        entry.startswith("!") and ("aws" in entry or "env" in entry) for entry in allowed
+    )
+    environments = {"job container": container_env(template)}
+    _, function = the_one(template, "AWS::Lambda::Function")
+    environments["trigger"] = function["Properties"]["Environment"]["Variables"]
+    for owner, env in environments.items():
+        assert not [name for name in env if _SECRET_NAME.search(name)], owner
 
 
 # --- Step Functions ------------------------------------------------------------------------------
@@ -488,7 +554,7 @@ def test_task_role_and_reader_policy_may_query_the_indexes(template):
     }
     indexes = {(f"${{{table_resource[i.table]}.Arn}}", i.name) for i in contract.INDEXES}
     (job,) = [
-        s for s in role_statements(template, "JobTaskRole") if s["Action"] == "dynamodb:Query"
+        s for s in role_statements(template, "KpiTaskRole") if s["Action"] == "dynamodb:Query"
     ]
     assert _index_arns(job) == indexes
     _, reader = the_one(template, "AWS::IAM::ManagedPolicy")

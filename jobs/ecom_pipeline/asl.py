@@ -25,6 +25,7 @@ PLACEHOLDERS: tuple[str, ...] = (
     "SecurityGroupId",
     "NotificationTopicArn",
     "DataBucket",
+    "KpiTaskRoleArn",
 )
 # The job container's name in the task definition (infra/template.yaml uses the same).
 CONTAINER_NAME = "pipeline"
@@ -65,9 +66,10 @@ def _retry(errors: list[str], attempts: int, interval_s: int) -> list[dict[str, 
     ]
 
 
-def _run_task(command: str, timeout_s: int) -> dict[str, Any]:
-    """An ECS Fargate task of the job image with the tier's size and the given command."""
-    return {
+def _run_task(command: str, timeout_s: int, task_role: str | None = None) -> dict[str, Any]:
+    """An ECS Fargate task of the job image with the tier's size and the given command; with
+    ``task_role``, under that role instead of the task definition's (validation's)."""
+    task = {
         "Type": "Task",
         "Resource": "arn:aws:states:::ecs:runTask.sync",
         "TimeoutSeconds": timeout_s,
@@ -105,6 +107,9 @@ def _run_task(command: str, timeout_s: int) -> dict[str, Any]:
         },
         "Retry": _retry(TRANSIENT_ECS_ERRORS, attempts=3, interval_s=10),
     }
+    if task_role is not None:
+        task["Parameters"]["Overrides"]["TaskRoleArn"] = task_role
+    return task
 
 
 def _state_name(dataset: str) -> str:
@@ -210,6 +215,9 @@ def build_definition() -> dict[str, Any]:
     kpis = _run_task(
         "States.Array('compute-kpis', '--batch-id', $.batch_id, '--received-at', $.received_at)",
         KPI_TIMEOUT_S,
+        # the KPI job's own role: the tables, the lock, curated/ and dashboard/ (validation's
+        # role, the task definition's, reaches none of them)
+        task_role="${KpiTaskRoleArn}",
     )
     kpis.update(
         {

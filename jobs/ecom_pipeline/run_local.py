@@ -178,6 +178,7 @@ class LocalPipeline:
                 "SecurityGroupId": "sg-local",
                 "NotificationTopicArn": aws.topic_arn,
                 "DataBucket": aws.bucket,
+                "KpiTaskRoleArn": "arn:aws:iam::123456789012:role/ecom-pipeline-kpi-task",
             },
         )
         self.sfn = aws.client("stepfunctions")
