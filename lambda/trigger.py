@@ -1,9 +1,17 @@
 """S3-triggered Lambda: when a batch's marker lands, start one state machine execution for it.
 
-Environment: STATE_MACHINE_ARN (required), INCOMING_PREFIX (default "incoming/").
+Environment: STATE_MACHINE_ARN (required), INCOMING_PREFIX (default "incoming/"),
+NOTIFY_TOPIC_ARN (where refusals are announced), MAX_BATCH_BYTES (default: the largest tier's
+limit, tiers.default_max_batch_bytes()).
 The deployment zip holds this file plus ecom_pipeline/{__init__,contract,tiers,orchestration}.py.
 IAM: s3:ListBucket on the bucket (prefix incoming/), s3:GetObject on incoming/*,
-states:StartExecution on the state machine, states:DescribeExecution on its executions.
+states:StartExecution on the state machine, states:DescribeExecution on its executions,
+sns:Publish on the topic.
+
+A batch above MAX_BATCH_BYTES is refused before anything starts: no execution, a FAILED notice
+(stage "intake") naming the batch, its size and the limit, and the invocation succeeds (Lambda
+retrying it would refuse it again). Without NOTIFY_TOPIC_ARN nobody could be told, so the
+invocation fails instead.
 
 Each execution is named after its batch (orchestration.execution_name), so the run of a batch
 starts once however often its marker event arrives. Step Functions answers a repeated
@@ -36,6 +44,7 @@ from ecom_pipeline.orchestration import (
     plan_execution,
     read_manifest,
 )
+from ecom_pipeline.tiers import MAX_BATCH_BYTES_ENV, BatchTooLargeError, default_max_batch_bytes
 
 LOGGER = "ecom_pipeline.trigger"
 
@@ -67,6 +76,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
         log("ERROR", "configuration error", error="STATE_MACHINE_ARN is not set")
         raise RuntimeError("STATE_MACHINE_ARN is not set")
     prefix = normalise_prefix(os.environ.get("INCOMING_PREFIX", DEFAULT_INCOMING_PREFIX))
+    topic_arn = os.environ.get("NOTIFY_TOPIC_ARN") or None
+    try:
+        max_batch_bytes = int(os.environ.get(MAX_BATCH_BYTES_ENV) or default_max_batch_bytes())
+    except ValueError as error:
+        log("ERROR", "configuration error", error=f"{MAX_BATCH_BYTES_ENV} is not an integer")
+        raise RuntimeError(f"{MAX_BATCH_BYTES_ENV} must be a number of bytes") from error
     try:
         records = parse_s3_event(event)
     except ValueError as error:
@@ -76,6 +91,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
     started: list[str] = []
     duplicates: list[str] = []
     ignored: list[str] = []
+    refused: list[str] = []
     first_error: Exception | None = None
     for record in records:
         batch_id, reason = classify_key(record.key, prefix)
@@ -94,7 +110,21 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
                 prefix,
                 state_machine_arn,
                 record.event_time,
+                max_batch_bytes,
             )
+        except BatchTooLargeError as error:
+            log("ERROR", "batch refused", error=str(error), type=type(error).__name__, **fields)
+            if topic_arn is None:
+                first_error = first_error or error
+                continue
+            try:
+                _notify_refusal(topic_arn, batch_id, record.key, str(error), max_batch_bytes)
+            except Exception as notify_error:
+                log("ERROR", "refusal notice not sent", error=str(notify_error), **fields)
+                first_error = first_error or notify_error
+                continue
+            refused.append(name)
+            continue
         except Exception as error:
             # Keep going with the other records; the invocation fails at the end so Lambda
             # retries it (runs already started are then duplicates).
@@ -109,6 +139,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
             duplicates.append(name)
 
     result = {"started": started, "duplicates": duplicates, "ignored": ignored}
+    if refused:
+        result["refused"] = refused
     log("INFO", "done", **{k: len(v) for k, v in result.items()})
     if first_error is not None:
         raise first_error
@@ -123,6 +155,7 @@ def _start_batch(
     prefix: str,
     state_machine_arn: str,
     received_at: str | None,
+    max_batch_bytes: int,
 ) -> tuple[str, dict[str, Any]]:
     """("started", details) or ("duplicate", {"reason": ...})."""
     sfn = _client("stepfunctions")
@@ -149,6 +182,7 @@ def _start_batch(
         manifest_files=manifest_files,
         incoming_prefix=prefix,
         received_at=received_at,
+        max_batch_bytes=max_batch_bytes,
     )
     try:
         response = sfn.start_execution(
@@ -164,3 +198,22 @@ def _start_batch(
         "tier": plan["tier"]["name"],
         "total_bytes": plan["total_bytes"],
     }
+
+
+def _notify_refusal(
+    topic_arn: str, batch_id: str, key: str, error: str, max_batch_bytes: int
+) -> None:
+    """The FAILED notice of a batch refused at intake (same shape as the state machine's)."""
+    notice = {
+        "status": "FAILED",
+        "stage": "intake",
+        "batch_id": batch_id,
+        "marker": key,
+        "error": error,
+        "max_batch_bytes": max_batch_bytes,
+    }
+    _client("sns").publish(
+        TopicArn=topic_arn,
+        Subject=f"ecom-pipeline FAILED: batch {batch_id}"[:100],
+        Message=json.dumps(notice),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from pyspark.sql.types import DecimalType, LongType, StringType, StructField, StructType
 
@@ -209,6 +210,59 @@ def test_send_batch_gives_up_after_max_attempts():
     assert raised.value.table == ORDER_TABLE
     assert raised.value.unprocessed == 3
     assert raised.value.attempts == 4
+
+
+def test_send_batch_backs_off_when_throttled_then_writes():
+    """ProvisionedThroughputExceeded (after the client's own retries) is retried like
+    unprocessed items: the same requests again, after a growing jittered delay."""
+    client = AwsSettings(region="us-east-1").client("dynamodb")
+    requests = [_put(i) for i in range(1, 4)]
+    with Stubber(client) as stubber:
+        for code in ("ProvisionedThroughputExceededException", "ThrottlingException"):
+            stubber.add_client_error(
+                "batch_write_item",
+                service_error_code=code,
+                http_status_code=400,
+                expected_params={"RequestItems": {ORDER_TABLE: requests}},
+            )
+        stubber.add_response(
+            "batch_write_item", {"UnprocessedItems": {}}, {"RequestItems": {ORDER_TABLE: requests}}
+        )
+        sleeps: list[float] = []
+        send_batch(
+            client, ORDER_TABLE, requests, base_delay=0.1, sleep=sleeps.append, rng=lambda: 1.0
+        )
+        stubber.assert_no_pending_responses()
+    assert sleeps == pytest.approx([0.1, 0.2])
+
+
+def test_send_batch_gives_up_on_throttling_naming_table_and_count():
+    client = AwsSettings(region="us-east-1").client("dynamodb")
+    requests = [_put(i) for i in range(1, 8)]
+    with Stubber(client) as stubber:
+        for _ in range(3):
+            stubber.add_client_error(
+                "batch_write_item",
+                service_error_code="ProvisionedThroughputExceededException",
+                http_status_code=400,
+            )
+        with pytest.raises(DynamoWriteError) as raised:
+            send_batch(client, ORDER_TABLE, requests, max_attempts=3, sleep=lambda _: None)
+    assert str(raised.value) == (
+        f"7 item(s) not written to DynamoDB table '{ORDER_TABLE}': still unprocessed or "
+        "throttled after 3 attempt(s) with backoff"
+    )
+
+
+def test_send_batch_does_not_retry_other_errors():
+    client = AwsSettings(region="us-east-1").client("dynamodb")
+    with Stubber(client) as stubber:
+        stubber.add_client_error(
+            "batch_write_item", service_error_code="ValidationException", http_status_code=400
+        )
+        with pytest.raises(ClientError, match="ValidationException"):
+            send_batch(client, ORDER_TABLE, [_put(1)], sleep=lambda _: None)
+        stubber.assert_no_pending_responses()
 
 
 def test_send_batch_refuses_more_than_25_requests():

@@ -5,6 +5,7 @@ jobs read, the tier sizes, the table keys. No Spark, no AWS."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -16,13 +17,14 @@ import pytest
 from botocore.validate import ParamValidator
 from cfnlint.decode import cfn_yaml
 
-from ecom_pipeline import asl, config, contract, dashboard, orchestration, storage, tiers
+from ecom_pipeline import asl, config, contract, dashboard, lock, orchestration, storage, tiers
 from ecom_pipeline.dynamo import table_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "infra" / "template.yaml"
 ZIP_BUILDER = ROOT / "infra" / "build_lambda_zip.py"
 CFN_LINT = Path(sys.executable).with_name("cfn-lint")
+LOCK_RESOURCE = "LockTable"
 
 # Allow statements whose Resource may be "*": AWS offers no resource-level permission for them.
 STAR_RESOURCE_ACTIONS = {
@@ -162,9 +164,18 @@ def test_lambda_role_is_least_privilege(template):
         "logs:PutLogEvents",
         "s3:GetObject",
         "s3:ListBucket",
+        "sns:Publish",
         "states:DescribeExecution",
         "states:StartExecution",
     ]
+    # refusals (a batch above MAX_BATCH_BYTES) are announced on the pipeline's topic only
+    (notify,) = statements_with_action(template, "TriggerRole", "sns:Publish")
+    assert ref_target(notify["Resource"]) == the_one(template, "AWS::SNS::Topic")[0]
+    _, function = the_one(template, "AWS::Lambda::Function")
+    env = function["Properties"]["Environment"]["Variables"]
+    assert ref_target(env["NOTIFY_TOPIC_ARN"]) == the_one(template, "AWS::SNS::Topic")[0]
+    assert ref_target(env[tiers.MAX_BATCH_BYTES_ENV]) == "MaxBatchBytes"
+    assert template["Parameters"]["MaxBatchBytes"]["Default"] == ""  # tiers' default
     (listing,) = statements_with_action(template, "TriggerRole", "s3:ListBucket")
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["incoming/*"]}}
     (reading,) = statements_with_action(template, "TriggerRole", "s3:GetObject")
@@ -193,7 +204,12 @@ def test_state_machine_role_covers_ecs_sync_and_nothing_broader(template):
         statements_with_action(template, role, "iam:PassRole"),
         key=lambda s: s["Condition"]["StringEquals"]["iam:PassedToService"],
     )
-    assert {r["Fn::GetAtt"][0] for r in ecs_pass["Resource"]} == {"JobTaskRole", "JobExecutionRole"}
+    assert {r["Fn::GetAtt"][0] for r in ecs_pass["Resource"]} == {
+        "JobTaskRole",
+        "KpiTaskRole",
+        "CustodyTaskRole",
+        "JobExecutionRole",
+    }
     assert ecs_pass["Condition"]["StringEquals"]["iam:PassedToService"] == "ecs-tasks.amazonaws.com"
     assert emr_pass["Resource"] == {"Fn::GetAtt": ["EmrJobRole", "Arn"]}
     assert emr_pass["Condition"] == {
@@ -204,34 +220,134 @@ def test_state_machine_role_covers_ecs_sync_and_nothing_broader(template):
     assert statements_with_action(template, role, "sns:Publish")
 
 
-def test_task_role_reaches_only_the_pipeline_prefixes_tables_and_topic(template):
-    role = "JobTaskRole"
+def _listed(template, role):
     (listing,) = statements_with_action(template, role, "s3:ListBucket")
-    prefixes = {storage.INCOMING, storage.STAGING, storage.CURATED, storage.RESULTS}
-    prefixes |= {storage.DATA_DOCS, storage.ARCHIVE, storage.REJECTED}
-    assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == sorted(
-        f"{p}/*" for p in prefixes
-    )
-    writes = statements_with_action(template, role, "s3:PutObject")
-    written = {r["Fn::Sub"].split("/")[-2] for s in writes for r in as_list(s["Resource"])}
-    # incoming/ is never written; the KPI job also publishes the dashboard
-    assert written == prefixes - {storage.INCOMING} | {dashboard.DASHBOARD_PREFIX}
-    # move-batch removes an original from incoming/ (after verifying its copy) but never
-    # deletes from archive/ or rejected/
-    deletes = statements_with_action(template, role, "s3:DeleteObject")
-    deleted = {r["Fn::Sub"].split("/")[-2] for s in deletes for r in as_list(s["Resource"])}
-    assert storage.INCOMING in deleted
-    assert not deleted & {storage.ARCHIVE, storage.REJECTED}
-    (tables,) = statements_with_action(template, role, "dynamodb:BatchWriteItem")
-    assert set(tables["Action"]) == {
-        "dynamodb:BatchWriteItem",
-        "dynamodb:PutItem",
-        "dynamodb:DeleteItem",
-        "dynamodb:GetItem",
-        "dynamodb:Query",
+    return {p.removesuffix("/*") for p in listing["Condition"]["StringLike"]["s3:prefix"]}
+
+
+def _objects(template, role, action):
+    """The bucket prefixes ``action`` is allowed on (``${DataBucket.Arn}/<prefix>/*``)."""
+    return {
+        r["Fn::Sub"].split("/")[-2]
+        for s in statements_with_action(template, role, action)
+        for r in as_list(s["Resource"])
     }
-    table_resources = set(resources_of(template, "AWS::DynamoDB::Table"))
+
+
+def test_validation_role_reads_the_batch_and_writes_only_its_work_areas(template):
+    role = "JobTaskRole"  # the task definition's: the validation tasks run under it
+    assert task_definition(template)["TaskRoleArn"] == {"Fn::GetAtt": [role, "Arn"]}
+    work = {storage.STAGING, storage.RESULTS, storage.DATA_DOCS}
+    assert _listed(template, role) == {storage.INCOMING, storage.CURATED} | work
+    assert _objects(template, role, "s3:GetObject") == {storage.INCOMING, storage.CURATED} | work
+    # incoming/ and curated/ are read-only for validation
+    assert _objects(template, role, "s3:PutObject") == work
+    assert _objects(template, role, "s3:DeleteObject") == work
+    actions = {a for s in role_statements(template, role) for a in as_list(s["Action"])}
+    assert not [a for a in actions if not a.startswith("s3:")]  # no DynamoDB, no SNS
+
+
+def test_kpi_role_reaches_only_its_prefixes_tables_and_lock(template):
+    role = "KpiTaskRole"
+    assert _listed(template, role) == {storage.STAGING, storage.CURATED, storage.RESULTS}
+    assert _objects(template, role, "s3:GetObject") == {
+        storage.STAGING,
+        storage.CURATED,
+        storage.RESULTS,
+    }
+    assert _objects(template, role, "s3:PutObject") == {
+        storage.CURATED,
+        storage.RESULTS,
+        dashboard.DASHBOARD_PREFIX,
+    }
+    assert _objects(template, role, "s3:DeleteObject") == {storage.CURATED}
+    (tables,) = statements_with_action(template, role, "dynamodb:BatchWriteItem")
+    # dynamo.py writes and deletes with BatchWriteItem only; the dashboard reads with Query
+    assert set(tables["Action"]) == {"dynamodb:BatchWriteItem", "dynamodb:Query"}
+    table_resources = set(resources_of(template, "AWS::DynamoDB::Table")) - {LOCK_RESOURCE}
     assert {r["Fn::GetAtt"][0] for r in tables["Resource"]} == table_resources
+    # the lock table: the lease's four item calls, on the one lock item, nothing else
+    (lock_statement,) = statements_with_action(template, role, "dynamodb:UpdateItem")
+    assert set(lock_statement["Action"]) == {
+        "dynamodb:PutItem",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+    }
+    assert lock_statement["Resource"] == {"Fn::GetAtt": [LOCK_RESOURCE, "Arn"]}
+    assert lock_statement["Condition"] == {
+        "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [contract.LOCK_CURATED_STORE]}
+    }
+    actions = {a for s in role_statements(template, role) for a in as_list(s["Action"])}
+    assert {a for a in actions if not a.startswith("s3:")} == set(tables["Action"]) | set(
+        lock_statement["Action"]
+    )
+
+
+def test_custody_role_settles_incoming_into_archive_and_rejected_only(template):
+    role = "CustodyTaskRole"
+    settled = {storage.ARCHIVE, storage.REJECTED}
+    assert _listed(template, role) == {storage.INCOMING, storage.RESULTS} | settled
+    assert _objects(template, role, "s3:GetObject") == {storage.INCOMING, storage.RESULTS} | settled
+    # incoming/ is never written; an original goes only once its copy is verified, and nothing
+    # settled is ever deleted
+    assert _objects(template, role, "s3:PutObject") == settled
+    assert _objects(template, role, "s3:DeleteObject") == {storage.INCOMING}
+    actions = {a for s in role_statements(template, role) for a in as_list(s["Action"])}
+    assert not [a for a in actions if not a.startswith("s3:")]
+
+
+def test_the_move_tasks_run_under_the_custody_role_and_no_other_task_does(template):
+    states = asl.build_definition()["States"]
+    moves = {n: s for n, s in states.items() if "'move-batch'" in json.dumps(s)}
+    assert moves, "no move-batch task in the state machine"
+    for state in moves.values():
+        assert state["Parameters"]["Overrides"]["TaskRoleArn"] == "${CustodyTaskRoleArn}"
+    overridden = {
+        n
+        for n, s in states.items()
+        if s.get("Resource", "").startswith("arn:aws:states:::ecs:")
+        and s["Parameters"]["Overrides"].get("TaskRoleArn") == "${CustodyTaskRoleArn}"
+    }
+    assert overridden == set(moves)
+    _, machine = the_one(template, "AWS::StepFunctions::StateMachine")
+    substitutions = machine["Properties"]["DefinitionSubstitutions"]
+    assert substitutions["CustodyTaskRoleArn"] == {"Fn::GetAtt": ["CustodyTaskRole", "Arn"]}
+
+
+def test_the_kpi_task_runs_under_the_kpi_role(template):
+    states = asl.build_definition()["States"]
+    assert states["ComputeKpis"]["Parameters"]["Overrides"]["TaskRoleArn"] == "${KpiTaskRoleArn}"
+    branches = states["ValidateDatasets"]["Branches"]
+    for branch in branches:
+        for state in branch["States"].values():
+            if state.get("Resource", "").startswith("arn:aws:states:::ecs:"):
+                assert "TaskRoleArn" not in state["Parameters"]["Overrides"]
+    _, machine = the_one(template, "AWS::StepFunctions::StateMachine")
+    substitutions = machine["Properties"]["DefinitionSubstitutions"]
+    assert substitutions["KpiTaskRoleArn"] == {"Fn::GetAtt": ["KpiTaskRole", "Arn"]}
+
+
+_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
+
+
+def test_no_secrets_in_the_image_or_the_deployed_environments(template):
+    """The tasks and the Lambda get AWS credentials from their roles: nothing secret is baked
+    into the image, passed in its build context or set in an environment."""
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    for line in dockerfile.splitlines():
+        if line.lstrip().startswith(("ENV", "ARG")):
+            assert not _SECRET_NAME.search(line), line
+    allowed = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert "*" in allowed  # the build context is an allow-list
+    assert not any(
+        entry.startswith("!") and ("aws" in entry or "env" in entry) for entry in allowed
+    )
+    environments = {"job container": container_env(template)}
+    _, function = the_one(template, "AWS::Lambda::Function")
+    environments["trigger"] = function["Properties"]["Environment"]["Variables"]
+    for owner, env in environments.items():
+        assert not [name for name in env if _SECRET_NAME.search(name)], owner
 
 
 # --- Step Functions ------------------------------------------------------------------------------
@@ -418,7 +534,8 @@ def test_tables_have_the_contract_keys_pitr_and_encryption(template):
     }
     definitions = {d["TableName"]: d for d in table_definitions()}
     assert set(by_env) == set(definitions)
-    assert set(by_env.values()) == set(resources_of(template, "AWS::DynamoDB::Table"))
+    kpi_tables = set(resources_of(template, "AWS::DynamoDB::Table")) - {LOCK_RESOURCE}
+    assert set(by_env.values()) == kpi_tables
     for table, resource in by_env.items():
         properties = template["Resources"][resource]["Properties"]
         assert properties["KeySchema"] == definitions[table]["KeySchema"], table
@@ -431,6 +548,25 @@ def test_tables_have_the_contract_keys_pitr_and_encryption(template):
         ), table
         assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert properties["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_lock_table_has_the_lock_key_ttl_pitr_and_encryption_and_reaches_the_jobs(template):
+    env = container_env(template)
+    assert ref_target(env[config.ENVIRONMENT["lock_table"]]) == LOCK_RESOURCE
+    # the lease and wait bound of the deployment are the code's defaults
+    assert float(env[config.ENVIRONMENT["lock_lease_s"]]) == lock.DEFAULT_LEASE_S
+    assert float(env[config.ENVIRONMENT["lock_wait_s"]]) == lock.DEFAULT_WAIT_S
+    properties = template["Resources"][LOCK_RESOURCE]["Properties"]
+    definition = lock.lock_table_definition()
+    assert properties["KeySchema"] == definition["KeySchema"]
+    assert properties["AttributeDefinitions"] == definition["AttributeDefinitions"]
+    assert properties["BillingMode"] == "PAY_PER_REQUEST"
+    assert properties["TimeToLiveSpecification"] == {
+        "AttributeName": contract.LOCK_EXPIRY_ATTRIBUTE,
+        "Enabled": True,
+    }
+    assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert properties["SSESpecification"]["SSEEnabled"] is True
 
 
 def test_every_access_pattern_index_exists_in_the_template(template):
@@ -467,7 +603,7 @@ def test_task_role_and_reader_policy_may_query_the_indexes(template):
     }
     indexes = {(f"${{{table_resource[i.table]}.Arn}}", i.name) for i in contract.INDEXES}
     (job,) = [
-        s for s in role_statements(template, "JobTaskRole") if s["Action"] == "dynamodb:Query"
+        s for s in role_statements(template, "KpiTaskRole") if s["Action"] == "dynamodb:Query"
     ]
     assert _index_arns(job) == indexes
     _, reader = the_one(template, "AWS::IAM::ManagedPolicy")
@@ -592,19 +728,10 @@ def test_emr_job_role_has_the_task_roles_data_access_plus_artifacts_and_logs(tem
     def by_sid(role):
         return {s["Sid"]: s for s in role_statements(template, role)}
 
-    task, job = by_sid("JobTaskRole"), by_sid("EmrJobRole")
-    # move-batch runs on ECS only: the EMR jobs read incoming/ and never settle a batch
-    custody = {"ReadAndSettleIncoming", "WriteSettledBatches"}
-    assert custody <= set(task)
-    assert not custody & set(job)
-    assert job["ReadIncoming"]["Action"] == "s3:GetObject"
-    assert job["ReadIncoming"]["Resource"] == task["ReadAndSettleIncoming"]["Resource"]
-    shared = {sid: s for sid, s in task.items() if sid not in custody | {"ListPipelinePrefixes"}}
-    assert {sid: job[sid] for sid in shared} == shared  # the same data access otherwise
-    job_prefixes = job["ListPipelinePrefixes"]["Condition"]["StringLike"]["s3:prefix"]
-    task_prefixes = task["ListPipelinePrefixes"]["Condition"]["StringLike"]["s3:prefix"]
-    assert set(job_prefixes) == set(task_prefixes) - {"archive/*", "rejected/*"}
-    data_access = set(shared) | {"ReadIncoming", "ListPipelinePrefixes"}
+    # the EMR route runs the same validation and KPI jobs (move-batch stays on ECS)
+    data_access = by_sid("JobTaskRole") | by_sid("KpiTaskRole")
+    job = by_sid("EmrJobRole")
+    assert {sid: job.get(sid) for sid in data_access} == data_access
     extra = {sid: s for sid, s in job.items() if sid not in data_access}
     actions = sorted(a for s in extra.values() for a in as_list(s["Action"]))
     assert actions == [

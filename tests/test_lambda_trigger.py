@@ -280,8 +280,11 @@ def test_batch_above_the_largest_fargate_tier_plans_the_emr_route():
 def test_too_large_batch_raises():
     largest = EMR_TIERS[-1].max_input_bytes
     objects = [(f"incoming/huge/orders_{i}.csv", largest // 4 + 1) for i in range(4)]
-    with pytest.raises(BatchTooLargeError, match="exceeds the largest tier emr-xlarge"):
+    with pytest.raises(BatchTooLargeError, match="above the configured maximum"):
         plan_execution(BUCKET, "huge", objects)
+    # a maximum raised above the largest tier still finds no tier for it
+    with pytest.raises(BatchTooLargeError, match="exceeds the largest tier"):
+        plan_execution(BUCKET, "huge", objects, max_batch_bytes=2 * largest)
 
 
 def test_plan_from_manifest_counts_only_listed_files():
@@ -634,6 +637,7 @@ def test_manifest_naming_a_missing_file_fails_clearly(aws, trigger, capsys):
 
 
 def test_too_large_batch_is_logged_and_raised(aws, trigger, monkeypatch, capsys):
+    monkeypatch.delenv("NOTIFY_TOPIC_ARN", raising=False)  # nobody to tell: the invocation fails
     upload_batch(aws, "b1", BATCH_FILES)
     real_plan = trigger.plan_execution
 
@@ -669,6 +673,72 @@ def test_batch_above_the_largest_fargate_tier_starts_on_the_emr_route(
         line for line in log_lines(capsys.readouterr().out) if line["message"] == "started"
     ]
     assert (started["route"], started["tier"]) == (EMR_ROUTE, "emr-large")
+
+
+def _inbox(topic_name: str = "notices") -> tuple[str, object, str]:
+    """A topic with a queue subscribed to it (inside mock_aws): (topic ARN, sqs, queue URL)."""
+    sns = boto3.client("sns", region_name=REGION)
+    sqs = boto3.client("sqs", region_name=REGION)
+    topic = sns.create_topic(Name=topic_name)["TopicArn"]
+    queue = sqs.create_queue(QueueName=f"{topic_name}-inbox")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn["Attributes"]["QueueArn"])
+    return topic, sqs, queue
+
+
+def test_batch_above_the_configured_maximum_is_refused_with_a_notice(
+    aws, trigger, monkeypatch, capsys
+):
+    topic, sqs, queue = _inbox()
+    monkeypatch.setenv("NOTIFY_TOPIC_ARN", topic)
+    monkeypatch.setenv("MAX_BATCH_BYTES", "65")  # BATCH_FILES hold 66 bytes of dataset files
+    upload_batch(aws, "b1", BATCH_FILES)
+    result = trigger.handler(s3_event("incoming/b1/_SUCCESS"), FakeContext())
+    assert result == {"started": [], "duplicates": [], "ignored": [], "refused": ["b1"]}
+    assert aws.executions() == []  # nothing started, so no Spark
+    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    envelope = json.loads(message["Body"])
+    assert envelope["Subject"] == "ecom-pipeline FAILED: batch b1"
+    notice = json.loads(envelope["Message"])
+    assert notice["status"] == "FAILED"
+    assert notice["stage"] == "intake"
+    assert notice["batch_id"] == "b1"
+    assert notice["max_batch_bytes"] == 65
+    assert "holds 66 bytes" in notice["error"]
+    assert "configured maximum of 65 bytes" in notice["error"]
+    errors = [line for line in log_lines(capsys.readouterr().out) if line["level"] == "ERROR"]
+    assert [line["message"] for line in errors] == ["batch refused"]
+    assert errors[0]["batch_id"] == "b1"
+    # at the maximum it is accepted (the limit is inclusive), and the default is the largest tier
+    monkeypatch.setenv("MAX_BATCH_BYTES", "66")
+    upload_batch(aws, "b2", BATCH_FILES)
+    assert trigger.handler(s3_event("incoming/b2/_SUCCESS"), FakeContext())["started"] == ["b2"]
+    monkeypatch.delenv("MAX_BATCH_BYTES")
+    with pytest.raises(BatchTooLargeError, match="configured maximum"):
+        plan_execution(
+            BUCKET, "b3", [("incoming/b3/orders.csv", EMR_TIERS[-1].max_input_bytes + 1)]
+        )
+
+
+def test_a_bad_max_batch_bytes_is_a_configuration_error(aws, trigger, monkeypatch):
+    monkeypatch.setenv("MAX_BATCH_BYTES", "24GiB")
+    with pytest.raises(RuntimeError, match="MAX_BATCH_BYTES"):
+        trigger.handler(s3_event("incoming/b1/_SUCCESS"), FakeContext())
+
+
+def test_keys_outside_incoming_and_path_tricks_start_nothing(aws, trigger, capsys):
+    upload_batch(aws, "b1", BATCH_FILES)
+    keys = [
+        "/incoming/b1/_SUCCESS",  # absolute
+        "incoming/../_SUCCESS",
+        "incoming/b1/../_SUCCESS",
+        "staging/b1/_SUCCESS",
+        "incoming/b1/orders/_SUCCESS",
+    ]
+    result = trigger.handler(s3_event(*keys), FakeContext())
+    assert result["started"] == []
+    assert len(result["ignored"]) == len(keys)
+    assert aws.executions() == []
 
 
 def test_listing_is_paginated(aws, trigger):

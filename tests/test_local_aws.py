@@ -9,8 +9,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from ecom_pipeline.aws import AwsSettings
-from ecom_pipeline.contract import CATEGORY_TABLE, ORDER_TABLE
+from ecom_pipeline.contract import CATEGORY_TABLE, LOCK_EXPIRY_ATTRIBUTE, LOCK_TABLE, ORDER_TABLE
 from ecom_pipeline.local_aws import EXPORT_FILES, TOPIC_NAME, LocalAws
+from ecom_pipeline.lock import lock_table_definition
 
 
 def _thread_ids() -> set[int]:
@@ -56,7 +57,7 @@ def test_two_instances_in_sequence_each_start_clean_and_leave_no_threads():
     first = LocalAws(bucket="first-bucket")
     with first:
         assert sorted(first.client("dynamodb").list_tables()["TableNames"]) == sorted(
-            [CATEGORY_TABLE, ORDER_TABLE]
+            [CATEGORY_TABLE, ORDER_TABLE, LOCK_TABLE]
         )  # entering forgot the leftover
         first_port = first.port
         first.client("dynamodb").put_item(
@@ -88,8 +89,14 @@ def aws():
 
 def test_resources_exist(aws):
     assert sorted(aws.client("dynamodb").list_tables()["TableNames"]) == sorted(
-        [CATEGORY_TABLE, ORDER_TABLE]
+        [CATEGORY_TABLE, ORDER_TABLE, LOCK_TABLE]
     )
+    # the lock table as the template creates it: its key, and TTL on the lease expiry
+    dynamodb = aws.client("dynamodb")
+    lock = dynamodb.describe_table(TableName=LOCK_TABLE)["Table"]
+    assert lock["KeySchema"] == lock_table_definition()["KeySchema"]
+    ttl = dynamodb.describe_time_to_live(TableName=LOCK_TABLE)["TimeToLiveDescription"]
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": LOCK_EXPIRY_ATTRIBUTE}
     aws.client("s3").head_bucket(Bucket=aws.bucket)
     assert aws.topic_arn.endswith(f":{TOPIC_NAME}")
     subscriptions = aws.client("sns").list_subscriptions_by_topic(TopicArn=aws.topic_arn)

@@ -109,7 +109,13 @@ def test_failures_end_in_fail_states_after_a_notice():
         assert states[publish]["Resource"] == "arn:aws:states:::sns:publish"
         assert states[publish]["Next"] == fail
         assert states[fail]["Type"] == "Fail"
-    assert states["ComputeKpis"]["Catch"][0]["Next"] == "KpiFailureNotice"
+    # a KPI task that exited non-zero goes through the exit-code check, anything else straight
+    # to the notice; the check ends at the notice unless the code is retryable (4)
+    catches = {c["ErrorEquals"][0]: c["Next"] for c in states["ComputeKpis"]["Catch"]}
+    assert catches == {"States.TaskFailed": "ReadKpiExitCode", "States.ALL": "KpiFailureNotice"}
+    assert states["KpiRetryable"]["Default"] == "KpiFailureNotice"
+    assert states["KpiRetryable"]["Choices"][0]["Next"] == "WaitBeforeKpiRetry"
+    assert states["CountKpiAttempt"]["Next"] == "ComputeKpis"
 
 
 def test_substitute_fills_every_placeholder_and_refuses_gaps():

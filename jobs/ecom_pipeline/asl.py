@@ -42,6 +42,9 @@ PLACEHOLDERS: tuple[str, ...] = (
     "CategoryTable",
     "OrderTable",
     "Region",
+    # the KPI job's and move-batch's own roles (the task definition's role is validation's)
+    "KpiTaskRoleArn",
+    "CustodyTaskRoleArn",
 )
 # What the EMR job runs get for each deployment-fixed field of their request.
 EMR_PLACEHOLDERS = {
@@ -56,6 +59,8 @@ EMR_PLACEHOLDERS = {
     "topic_arn": "${NotificationTopicArn}",
     "region": "${Region}",
 }
+# move-batch's role: it alone may delete from incoming/ (after verifying each copy)
+CUSTODY_TASK_ROLE = "${CustodyTaskRoleArn}"
 # The job container's name in the task definition (infra/template.yaml uses the same).
 CONTAINER_NAME = "pipeline"
 VALIDATION_TIMEOUT_S = 3600
@@ -79,6 +84,14 @@ TRANSIENT_AWS_ERRORS = ["States.Timeout", "S3.SdkClientException", "SNS.Throttle
 TRANSIENT_EMR_ERRORS = ["EMRServerless.InternalServerException", "EMRServerless.ConflictException"]
 # Slack on top of the job run's own executionTimeoutMinutes: queueing and worker start-up.
 EMR_START_SLACK_S = 900
+# The KPI container exiting with ExitCode.DEPENDENCY (4: DynamoDB throttling that outlasted its
+# retries, the curated-store lock held too long by another run, an AWS call failing) is retried:
+# the job is idempotent and recovers a half-done run. ECS reports every non-zero exit as
+# States.TaskFailed, so the state machine reads the exit code from the error's Cause (the
+# stopped task) and decides.
+KPI_RETRYABLE_EXIT_CODE = 4
+KPI_MAX_ATTEMPTS = 3
+KPI_RETRY_WAIT_S = 15
 
 
 def _retry(errors: list[str], attempts: int, interval_s: int) -> list[dict[str, Any]]:
@@ -94,9 +107,12 @@ def _retry(errors: list[str], attempts: int, interval_s: int) -> list[dict[str, 
     ]
 
 
-def _run_task(command: str, timeout_s: int, *, fixed_size: bool = False) -> dict[str, Any]:
+def _run_task(
+    command: str, timeout_s: int, *, fixed_size: bool = False, task_role: str | None = None
+) -> dict[str, Any]:
     """An ECS Fargate task of the job image with the tier's size and the given command
-    (``fixed_size``: the smallest tier's size whatever the batch, for jobs without Spark)."""
+    (``fixed_size``: the smallest tier's size whatever the batch, for jobs without Spark; with
+    ``task_role``, under that role instead of the task definition's, validation's)."""
     task: dict[str, Any] = {
         "Type": "Task",
         "Resource": "arn:aws:states:::ecs:runTask.sync",
@@ -143,6 +159,8 @@ def _run_task(command: str, timeout_s: int, *, fixed_size: bool = False) -> dict
         overrides["Cpu"] = str(smallest.cpu)
         overrides["Memory"] = str(smallest.memory_mib)
         overrides["EphemeralStorage"] = {"SizeInGiB": smallest.ephemeral_storage_gib}
+    if task_role is not None:
+        task["Parameters"]["Overrides"]["TaskRoleArn"] = task_role
     return task
 
 
@@ -170,7 +188,7 @@ def _move_states(
     record in the notice where the files are: moved, or still in incoming/ with the error."""
     command = f"States.Array('move-batch', '--batch-id', $.batch_id, '--to', '{destination}'"
     command += f", '--stage', '{stage}')" if stage else ")"
-    move = _run_task(command, MOVE_TIMEOUT_S, fixed_size=True)
+    move = _run_task(command, MOVE_TIMEOUT_S, fixed_size=True, task_role=CUSTODY_TASK_ROLE)
     move["Retry"] += _retry(["States.TaskFailed"], attempts=2, interval_s=2)
     move.update(
         {
@@ -232,6 +250,7 @@ def _archive_states() -> dict[str, dict[str, Any]]:
         "States.Array('move-batch', '--batch-id', $.batch_id, '--to', 'archive')",
         MOVE_TIMEOUT_S,
         fixed_size=True,
+        task_role=CUSTODY_TASK_ROLE,
     )
     move["Retry"] += _retry(["States.TaskFailed"], attempts=2, interval_s=2)
     move.update(
@@ -413,24 +432,80 @@ def build_definition() -> dict[str, Any]:
     kpi_arguments = (
         "States.Array('compute-kpis', '--batch-id', $.batch_id, '--received-at', $.received_at)"
     )
-    kpis = _run_task(kpi_arguments, KPI_TIMEOUT_S)
+    # the KPI job's own role: the tables, the lock, curated/ and dashboard/ (validation's role,
+    # the task definition's, reaches none of them)
+    kpis = _run_task(kpi_arguments, KPI_TIMEOUT_S, task_role="${KpiTaskRoleArn}")
     kpis_on_emr = _emr_job_run(
         "compute-kpis", kpi_arguments, "States.Format('compute-kpis-{}', $.batch_id)"
     )
+    fail_kpis = {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "KpiFailureNotice"}
+    # On ECS the exit code tells a retryable failure (4) from the rest; an EMR job run's failure
+    # carries no exit code, so it goes straight to the notice (a replay re-runs the batch).
+    kpis["Catch"] = [
+        {"ErrorEquals": ["States.TaskFailed"], "ResultPath": "$.error", "Next": "ReadKpiExitCode"},
+        fail_kpis,
+    ]
+    kpis_on_emr["Catch"] = [fail_kpis]
     for task in (kpis, kpis_on_emr):
-        task.update(
-            {
-                "ResultPath": None,
-                "Catch": [
-                    {
-                        "ErrorEquals": ["States.ALL"],
-                        "ResultPath": "$.error",
-                        "Next": "KpiFailureNotice",
-                    }
-                ],
-                "Next": "ReadKpiReport",
-            }
-        )
+        task.update({"ResultPath": None, "Next": "ReadKpiReport"})
+    kpi_retry_states = {
+        "StartKpis": {
+            "Type": "Pass",
+            "Result": {"attempt": 1},
+            "ResultPath": "$.kpi_attempt",
+            "Next": "RouteKpis",
+        },
+        "RouteKpis": _route("ComputeKpis", "ComputeKpisOnEmr"),
+        "ComputeKpis": kpis,
+        "ComputeKpisOnEmr": kpis_on_emr,
+        # The container ran and exited non-zero: the Cause is the stopped task, as JSON.
+        "ReadKpiExitCode": {
+            "Type": "Pass",
+            "Parameters": {
+                "task.$": "States.StringToJson($.error.Cause)",
+                "next_attempt.$": "States.MathAdd($.kpi_attempt.attempt, 1)",
+            },
+            "ResultPath": "$.kpi_retry",
+            "Next": "SummariseKpiExit",
+        },
+        "SummariseKpiExit": {
+            "Type": "Pass",
+            "Parameters": {
+                "retryable.$": "States.ArrayContains($.kpi_retry.task.Containers[*].ExitCode, "
+                f"{KPI_RETRYABLE_EXIT_CODE})",
+                "next_attempt.$": "$.kpi_retry.next_attempt",
+            },
+            "ResultPath": "$.kpi_retry",
+            "Next": "KpiRetryable",
+        },
+        "KpiRetryable": {
+            "Type": "Choice",
+            "Choices": [
+                {
+                    "And": [
+                        {"Variable": "$.kpi_retry.retryable", "BooleanEquals": True},
+                        {
+                            "Variable": "$.kpi_retry.next_attempt",
+                            "NumericLessThanEquals": KPI_MAX_ATTEMPTS,
+                        },
+                    ],
+                    "Next": "WaitBeforeKpiRetry",
+                }
+            ],
+            "Default": "KpiFailureNotice",
+        },
+        "WaitBeforeKpiRetry": {
+            "Type": "Wait",
+            "Seconds": KPI_RETRY_WAIT_S,
+            "Next": "CountKpiAttempt",
+        },
+        "CountKpiAttempt": {
+            "Type": "Pass",
+            "Parameters": {"attempt.$": "$.kpi_retry.next_attempt"},
+            "ResultPath": "$.kpi_attempt",
+            "Next": "ComputeKpis",
+        },
+    }
     return {
         "Comment": "ecom-pipeline: validate the batch's datasets in parallel, then compute KPIs. "
         "Generated by ecom_pipeline.asl; placeholders are filled by DefinitionSubstitutions.",
@@ -517,7 +592,7 @@ def build_definition() -> dict[str, Any]:
                             {"Variable": "$.summary.errored", "BooleanEquals": False},
                             {"Variable": "$.summary.validated", "BooleanEquals": True},
                         ],
-                        "Next": "RouteKpis",
+                        "Next": "StartKpis",
                     }
                 ],
                 "Default": "ValidationFailureNotice",
@@ -558,9 +633,7 @@ def build_definition() -> dict[str, Any]:
                 "Error": "Validation.Failed",
                 "Cause": "The batch broke validation rules; the SNS notice lists them.",
             },
-            "RouteKpis": _route("ComputeKpis", "ComputeKpisOnEmr"),
-            "ComputeKpis": kpis,
-            "ComputeKpisOnEmr": kpis_on_emr,
+            **kpi_retry_states,
             "ReadKpiReport": {
                 "Type": "Task",
                 "Resource": "arn:aws:states:::aws-sdk:s3:getObject",

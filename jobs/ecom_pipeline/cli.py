@@ -225,7 +225,7 @@ def _compute_kpis(args: argparse.Namespace) -> int:
     from ecom_pipeline.spark import get_spark
 
     report = compute_kpis(
-        get_spark("compute-kpis"),
+        lambda: get_spark("compute-kpis"),
         _config(args),
         args.batch_id,
         received_at=args.received_at or None,
@@ -394,6 +394,23 @@ def _kpis(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# Trouble that clears by itself, so the orchestrator retries (exit 4): DynamoDB throttling
+# that outlasted every retry, the curated-store lock held by another run for too long or lost.
+RETRYABLE_ERRORS = {
+    "ecom_pipeline.dynamo": ("DynamoWriteError",),
+    "ecom_pipeline.lock": ("LockTimeoutError", "LockLostError"),
+}
+
+
+def _is_retryable(error: BaseException) -> bool:
+    """Without importing the modules (a module never imported raised nothing)."""
+    for module_name, names in RETRYABLE_ERRORS.items():
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(error, tuple(getattr(module, n) for n in names)):
+            return True
+    return False
+
+
 HANDLERS = {
     "generate": _generate,
     "validate": _validate,
@@ -421,7 +438,14 @@ def main(
         # `kpis` is read by people at a terminal: its JSON logs only with --verbose
         quiet = args.command == "kpis" and not args.verbose
         logs.configure("WARNING" if quiet else "INFO")
-    logs.bind(command=args.command)
+    env = os.environ if environ is None else environ
+    # every line of a job names its batch and the Step Functions execution that started it
+    logs.unbind("batch_id", "dataset", "job", "execution_id")
+    logs.bind(
+        command=args.command,
+        batch_id=getattr(args, "batch_id", None),
+        execution_id=env.get("EXECUTION_ID") or None,
+    )
     try:
         return int(HANDLERS[args.command](args))
     except QueryError as e:
@@ -440,6 +464,10 @@ def main(
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.DATA_REJECTED
     except Exception as e:
+        if _is_retryable(e):
+            log.exception("failed; safe to retry", extra={"event": "dependency_error"})
+            print(f"error: {e}", file=sys.stderr)
+            return ExitCode.DEPENDENCY
         log.exception("unexpected failure", extra={"event": "unexpected_error"})
         print(f"error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
         return ExitCode.UNEXPECTED

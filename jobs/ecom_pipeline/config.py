@@ -10,15 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from ecom_pipeline.aws import AwsSettings
-from ecom_pipeline.contract import CATEGORY_TABLE, ORDER_TABLE
+from ecom_pipeline.contract import CATEGORY_TABLE, LOCK_TABLE, ORDER_TABLE
+from ecom_pipeline.lock import DEFAULT_LEASE_S as DEFAULT_LOCK_LEASE_S
+from ecom_pipeline.lock import DEFAULT_WAIT_S as DEFAULT_LOCK_WAIT_S
 
 # Environment variables the jobs read (the task definition sets them).
 ENVIRONMENT = {
     "bucket": "PIPELINE_BUCKET",
     "category_table": "CATEGORY_TABLE",
     "order_table": "ORDER_TABLE",
+    "lock_table": "LOCK_TABLE",
     "topic_arn": "NOTIFY_TOPIC_ARN",
     "work_dir": "PIPELINE_WORK_DIR",
+    "lock_lease_s": "KPI_LOCK_LEASE_S",
+    "lock_wait_s": "KPI_LOCK_WAIT_S",
 }
 
 
@@ -32,6 +37,9 @@ class PipelineConfig:
     aws: AwsSettings = field(default_factory=AwsSettings)
     category_table: str = CATEGORY_TABLE
     order_table: str = ORDER_TABLE
+    lock_table: str = LOCK_TABLE
+    lock_lease_s: float = DEFAULT_LOCK_LEASE_S
+    lock_wait_s: float = DEFAULT_LOCK_WAIT_S
     topic_arn: str | None = None
     work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "ecom-pipeline")
 
@@ -45,8 +53,18 @@ class PipelineConfig:
             "aws": AwsSettings.from_env(env),
             "category_table": env.get(ENVIRONMENT["category_table"], CATEGORY_TABLE),
             "order_table": env.get(ENVIRONMENT["order_table"], ORDER_TABLE),
+            "lock_table": env.get(ENVIRONMENT["lock_table"], LOCK_TABLE),
             "topic_arn": env.get(ENVIRONMENT["topic_arn"]) or None,
         }
+        for name in ("lock_lease_s", "lock_wait_s"):
+            if env.get(ENVIRONMENT[name]):
+                try:
+                    values[name] = float(env[ENVIRONMENT[name]])
+                except ValueError:
+                    raise ConfigError(
+                        f"{ENVIRONMENT[name]} must be a number of seconds, "
+                        f"got {env[ENVIRONMENT[name]]!r}"
+                    ) from None
         if env.get(ENVIRONMENT["work_dir"]):
             values["work_dir"] = Path(env[ENVIRONMENT["work_dir"]])
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -60,6 +78,9 @@ class PipelineConfig:
             ENVIRONMENT["bucket"]: self.bucket,
             ENVIRONMENT["category_table"]: self.category_table,
             ENVIRONMENT["order_table"]: self.order_table,
+            ENVIRONMENT["lock_table"]: self.lock_table,
+            ENVIRONMENT["lock_lease_s"]: f"{self.lock_lease_s:g}",
+            ENVIRONMENT["lock_wait_s"]: f"{self.lock_wait_s:g}",
             ENVIRONMENT["work_dir"]: str(self.work_dir),
             "AWS_REGION": self.aws.region,
         }

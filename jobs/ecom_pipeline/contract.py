@@ -183,6 +183,14 @@ ORDER_TABLE_KEY = ("order_date",)
 DATE_FORMAT = "%Y-%m-%d"
 WINDOW_DAYS = 7
 
+# The lock table: one lease item per lock; KPI runs take LOCK_CURATED_STORE so that two batches
+# never read-merge-write the curated store and the KPI tables at the same time (lock.py).
+LOCK_TABLE = "ecom-pipeline-locks"
+LOCK_TABLE_KEY = ("lock_id",)
+LOCK_CURATED_STORE = "curated-store"
+# epoch seconds after which the lease is free to take over; also the table's TTL attribute
+LOCK_EXPIRY_ATTRIBUTE = "expires_at"
+
 
 @dataclass(frozen=True)
 class Kpi:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
 from pyspark.accumulators import AccumulatorParam
 
 from ecom_pipeline.contract import (
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 25  # the most requests one BatchWriteItem call accepts
+# Errors that mean "slow down": the whole call is retried like unprocessed items.
+THROTTLING_ERRORS = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
 MAX_NUMBER_DIGITS = 38  # DynamoDB keeps at most 38 significant digits
 
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
@@ -56,8 +61,8 @@ class DynamoWriteError(RuntimeError):
         self.unprocessed = unprocessed
         self.attempts = attempts
         super().__init__(
-            f"{unprocessed} item(s) stayed unprocessed in DynamoDB table {table!r} "
-            f"after {attempts} attempt(s)"
+            f"{unprocessed} item(s) not written to DynamoDB table {table!r}: still "
+            f"unprocessed or throttled after {attempts} attempt(s) with backoff"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -200,7 +205,9 @@ def send_batch(
 ) -> None:
     """Send up to 25 write requests, re-sending UnprocessedItems until none are left.
 
-    When the call numbered ``attempt`` (0, 1, ...) leaves items unprocessed, it sleeps
+    A call refused with a throttling error (``THROTTLING_ERRORS``, after the client's own
+    retries) counts as an attempt that wrote nothing. When the call numbered ``attempt``
+    (0, 1, ...) leaves items unprocessed, it sleeps
     ``rng() * base_delay * 2**attempt`` (exponential backoff with full jitter) and re-sends
     them. Raises :class:`DynamoWriteError` when items are still unprocessed after
     ``max_attempts`` calls; errors of the call itself (validation, missing table) propagate as
@@ -220,7 +227,13 @@ def send_batch(
                 "%d request(s) unprocessed by %s, re-sending in %.3fs", len(pending), table, delay
             )
             sleep(delay)
-        response = client.batch_write_item(RequestItems={table: pending})
+        try:
+            response = client.batch_write_item(RequestItems={table: pending})
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in THROTTLING_ERRORS:
+                raise
+            logger.debug("%s throttled %d request(s)", table, len(pending))
+            continue  # nothing of this call was written: re-send all of it
         pending = list(response.get("UnprocessedItems", {}).get(table, []))
     if pending:
         raise DynamoWriteError(table, len(pending), max_attempts)

@@ -3,8 +3,20 @@
 extract (staged batch rows, curated store) -> transform (merge, KPIs; pure, in curated.py and
 kpis.py) -> load (DynamoDB items first, then the curated partitions).
 
+The whole run holds the curated-store lease (lock.py), so two batches never read-merge-write
+at the same time (no lost update).
+
 KPIs are written before the curated store is replaced: if the job dies in between, a re-run
-sees the same old store and the same batch, recomputes the same dates and converges.
+sees the same old store and the same batch, recomputes the same dates and converges. The
+curated partitions are replaced under a journal (``curated/_journal.json``): it lists the new
+objects and the ones they replace before anything is uploaded, and is marked committed once
+every new object is in place. A run that finds a journal (its predecessor died) first rolls
+the store back (not committed: delete the new objects) or forward (committed: delete the
+replaced ones), so the store never holds a partition twice.
+
+A batch whose KPIs were already applied (``results/<batch>/kpis.json`` carries the same
+fingerprint of its staged rows) is not merged again: replaying it after later batches
+corrected its rows must not bring its old values back.
 """
 
 from __future__ import annotations
@@ -12,6 +24,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -26,6 +40,7 @@ from ecom_pipeline.contract import (
     CATEGORY_TABLE_KEY,
     DATASET_ORDER,
     DATASETS,
+    LOCK_CURATED_STORE,
     MONTH_FORMAT,
     ORDER_TABLE_KEY,
 )
@@ -49,8 +64,15 @@ from ecom_pipeline.kpis import (
     order_kpis,
     with_order_month,
 )
+from ecom_pipeline.lock import Lease
 from ecom_pipeline.query import QueryError
-from ecom_pipeline.storage import BucketStore, curated_prefix, kpi_result_key, staging_prefix
+from ecom_pipeline.storage import (
+    BucketStore,
+    curated_journal_key,
+    curated_prefix,
+    kpi_result_key,
+    staging_prefix,
+)
 from ecom_pipeline.validation import read_curated
 
 log = logging.getLogger(__name__)
@@ -82,6 +104,12 @@ class KpiReport:
     batch_duration_s: float | None = None
     # s3://<bucket>/dashboard/index.html, rendered after the KPIs were written; None if it failed
     dashboard: str | None = None
+    # rows and content hash of the staged datasets: a replay with the same rows is not re-applied
+    fingerprint: dict[str, str] = field(default_factory=dict)
+    # True when this run found the batch already applied and changed nothing
+    already_applied: bool = False
+    lock_wait_s: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def plan(old: Tables, batch: Batch) -> KpiPlan:
@@ -140,22 +168,86 @@ def read_tables(spark: SparkSession, store: BucketStore, local: Path) -> Tables:
     return Tables(products=frames["products"], orders=frames["orders"], items=frames["order_items"])
 
 
+def fingerprint(batch: Batch) -> dict[str, str]:
+    """Per staged dataset, its row count and an order-independent hash of its rows (the sum of
+    every row's xxhash64): the same rows give the same fingerprint, whatever the files."""
+    result = {}
+    for name, frame in zip(
+        ("products", "orders", "order_items"),
+        (batch.products, batch.orders, batch.items),
+        strict=True,
+    ):
+        if frame is None:
+            continue
+        row = frame.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum(F.xxhash64(*frame.columns).cast("decimal(38,0)")).alias("hash"),
+        ).first()
+        result[name] = f"{row['rows']}:{row['hash'] or 0}"
+    return result
+
+
 def compute_kpis(
-    spark: SparkSession, config: PipelineConfig, batch_id: str, *, received_at: str | None = None
+    spark: Callable[[], SparkSession],
+    config: PipelineConfig,
+    batch_id: str,
+    *,
+    received_at: str | None = None,
 ) -> KpiReport:
-    """Run the KPI job for a batch whose datasets all passed validation."""
+    """Run the KPI job for a batch whose datasets all passed validation.
+
+    ``spark`` makes the session; it is called once the curated-store lock is held, so a run
+    waiting for another does not hold a JVM meanwhile. Raises lock.LockTimeoutError when the
+    lock stays taken for longer than ``config.lock_wait_s``.
+    """
     logs.bind(batch_id=batch_id, job="kpis")
     logs.unbind("dataset")
     store = BucketStore(config.bucket, config.aws)
-    work = config.work_dir / "kpis" / batch_id
-    shutil.rmtree(work, ignore_errors=True)
     report = KpiReport(batch_id=batch_id)
     started = time.perf_counter()
-    with logs.step(log, "read"):
+    lease = Lease(
+        config.aws.client("dynamodb"),
+        LOCK_CURATED_STORE,
+        holder={"batch_id": batch_id, "execution_id": logs.context().get("execution_id", "")},
+        table=config.lock_table,
+        lease_s=config.lock_lease_s,
+        wait_s=config.lock_wait_s,
+    )
+    with _timed(report, "wait for lock"):
+        lease.__enter__()
+    try:
+        report.lock_wait_s = lease.waited_s
+        _compute_locked(spark(), config, store, lease, report, received_at)
+    finally:
+        lease.release()
+    report.duration_s = round(time.perf_counter() - started, 3)
+    if received_at:
+        arrival = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+        report.batch_duration_s = round((datetime.now(UTC) - arrival).total_seconds(), 3)
+    if not report.already_applied:
+        store.put_json(kpi_result_key(batch_id), report.__dict__)
+    _emit_metrics(report)
+    log.info("kpis done", extra={"event": "kpi_result", **report.__dict__})
+    return report
+
+
+def _compute_locked(
+    spark: SparkSession,
+    config: PipelineConfig,
+    store: BucketStore,
+    lease: Lease,
+    report: KpiReport,
+    received_at: str | None,
+) -> None:
+    batch_id = report.batch_id
+    work = config.work_dir / "kpis" / batch_id
+    shutil.rmtree(work, ignore_errors=True)
+    with _timed(report, "recover curated store"):
+        recover_curated(store)
+    with _timed(report, "read"):
         batch = read_batch(spark, store, batch_id, work / "staged")
         if batch.products is None and batch.orders is None and batch.items is None:
             raise ValueError(f"batch {batch_id} has no validated rows under staging/{batch_id}/")
-        old = read_tables(spark, store, work / "curated")
         for name, frame in zip(
             ("products", "orders", "order_items"),
             (batch.products, batch.orders, batch.items),
@@ -163,11 +255,25 @@ def compute_kpis(
         ):
             if frame is not None:
                 report.rows_accepted[name] = frame.count()
-    with logs.step(log, "plan") as fields:
+        report.fingerprint = fingerprint(batch)
+        previous = _previous_report(store, batch_id)
+        if previous is not None and previous.get("fingerprint") == report.fingerprint:
+            log.info(
+                "batch %s was applied already (same rows): nothing to change",
+                batch_id,
+                extra={"event": "already_applied"},
+            )
+            report.already_applied = True
+            report.dates_recomputed = previous.get("dates_recomputed", [])
+            report.dashboard = previous.get("dashboard")
+            return
+        old = read_tables(spark, store, work / "curated")
+    with _timed(report, "plan") as fields:
         changes = plan(old, batch)
         report.dates_recomputed = [d.isoformat() for d in changes.dates]
         fields["dates"] = len(changes.dates)
-    with logs.step(log, "write KPIs") as fields:
+    lease.ensure_held()
+    with _timed(report, "write KPIs") as fields:
         report.category_items_written = write_items(
             changes.category_items, config.category_table, config.aws
         )
@@ -182,18 +288,54 @@ def compute_kpis(
             order_items=report.order_items_written,
             deleted=report.items_deleted,
         )
-    with logs.step(log, "update curated store"):
-        _replace_curated(store, changes, work / "new")
-    with logs.step(log, "publish dashboard"):
+    lease.ensure_held()
+    with _timed(report, "update curated store"):
+        _replace_curated(store, changes, work / "new", batch_id)
+    with _timed(report, "publish dashboard"):
         datasets = [name for name in DATASET_ORDER if name in report.rows_accepted]
         report.dashboard = _publish_dashboard(config, batch_id, old, changes, datasets)
-    report.duration_s = round(time.perf_counter() - started, 3)
-    if received_at:
-        arrival = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
-        report.batch_duration_s = round((datetime.now(UTC) - arrival).total_seconds(), 3)
-    store.put_json(kpi_result_key(batch_id), report.__dict__)
-    log.info("kpis done", extra={"event": "kpi_result", **report.__dict__})
-    return report
+
+
+@contextmanager
+def _timed(report: KpiReport, name: str) -> Iterator[dict]:
+    """logs.step, recording the step's duration in the report (for the metrics)."""
+    started = time.perf_counter()
+    try:
+        with logs.step(log, name) as fields:
+            yield fields
+    finally:
+        report.step_seconds[name] = round(time.perf_counter() - started, 3)
+
+
+def _previous_report(store: BucketStore, batch_id: str) -> dict | None:
+    try:
+        return store.get_json(kpi_result_key(batch_id))
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
+def _metric_name(step: str) -> str:
+    return "".join(part.title() for part in step.split()) + "Seconds"
+
+
+def _emit_metrics(report: KpiReport) -> None:
+    """The run's numbers in CloudWatch Embedded Metric Format (dimension job=kpis)."""
+    values: dict[str, float] = {
+        "RowsRead": sum(report.rows_accepted.values()),
+        **{f"RowsRead_{name}": rows for name, rows in report.rows_accepted.items()},
+        "DatesRecomputed": len(report.dates_recomputed),
+        "CategoryItemsWritten": report.category_items_written,
+        "OrderItemsWritten": report.order_items_written,
+        "KpiItemsWritten": report.category_items_written + report.order_items_written,
+        "ItemsDeleted": report.items_deleted,
+        "AlreadyApplied": 1 if report.already_applied else 0,
+        **{_metric_name(step): seconds for step, seconds in report.step_seconds.items()},
+        "KpiJobSeconds": report.duration_s,
+    }
+    units = {name: "Seconds" for name in values if name.endswith("Seconds")}
+    logs.emit_metrics(log, {"job": "kpis"}, values, units)
 
 
 def data_months(old: Tables, changes: KpiPlan) -> list[str]:
@@ -227,31 +369,86 @@ def _publish_dashboard(
         return None
 
 
-def _replace_curated(store: BucketStore, changes: KpiPlan, local: Path) -> None:
-    """Upload the new partitions of the affected dates, then remove the objects they replace."""
+def _replace_curated(store: BucketStore, changes: KpiPlan, local: Path, batch_id: str) -> None:
+    """Replace the affected curated partitions (and products, if the batch has any) under the
+    journal: write locally, journal what comes and goes, upload, commit, delete, clear."""
+    replaced: list[tuple[Path, str, list[str]]] = []  # local folder, prefix, stale keys
     if changes.products_changed:
-        _replace_prefix(
-            store, changes.new_state.products, curated_prefix("products"), local / "products", None
-        )
-    if not changes.dates:
+        prefix = curated_prefix("products")
+        _write(changes.new_state.products, local / "products", None)
+        replaced.append((local / "products", prefix, [o.key for o in store.list(prefix)]))
+    if changes.dates:
+        for name, frame in (
+            ("orders", changes.new_state.orders),
+            ("order_items", changes.new_state.items),
+        ):
+            prefix = curated_prefix(name)
+            _write(frame, local / name, changes.dates)
+            stale = [
+                o.key
+                for d in changes.dates
+                for o in store.list(f"{prefix}order_date={d.isoformat()}/")
+            ]
+            replaced.append((local / name, prefix, stale))
+    if not replaced:
         return
-    for name, frame in (
-        ("orders", changes.new_state.orders),
-        ("order_items", changes.new_state.items),
-    ):
-        _replace_prefix(store, frame, curated_prefix(name), local / name, changes.dates)
+    uploads = [
+        (path, key) for folder, prefix, _ in replaced for path, key in _files(folder, prefix)
+    ]
+    new_keys = [key for _, key in uploads]
+    stale = [key for _, _, keys in replaced for key in keys if key not in set(new_keys)]
+    journal = {"batch_id": batch_id, "state": "uploading", "new": new_keys, "stale": stale}
+    store.put_json(curated_journal_key(), journal)
+    for path, key in uploads:
+        store.upload_file(path, key)
+    store.put_json(curated_journal_key(), journal | {"state": "committed"})
+    store.delete(stale)
+    store.delete([curated_journal_key()])
 
 
-def _replace_prefix(
-    store: BucketStore, frame: DataFrame, prefix: str, local: Path, dates: list[date] | None
-) -> None:
+def recover_curated(store: BucketStore) -> str | None:
+    """Finish or undo a curated replacement a previous run left half done (see the module
+    docstring); returns "rolled back", "rolled forward" or None when there was nothing to do."""
+    try:
+        journal = store.get_json(curated_journal_key())
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    if journal.get("state") == "committed":
+        store.delete(journal["stale"])
+        outcome = "rolled forward"
+    else:
+        store.delete(journal["new"])
+        outcome = "rolled back"
+    store.delete([curated_journal_key()])
+    log.warning(
+        "curated store %s after an interrupted run of batch %s",
+        outcome,
+        journal.get("batch_id"),
+        extra={
+            "event": "curated_recovered",
+            "outcome": outcome,
+            "of_batch": journal.get("batch_id"),
+        },
+    )
+    return outcome
+
+
+def _write(frame: DataFrame, local: Path, dates: list[date] | None) -> None:
     writer = frame.write.mode("overwrite")
     if dates is not None:
         writer = writer.partitionBy("order_date")
     writer.parquet(str(local))
-    if dates is None:
-        stale = [o.key for o in store.list(prefix)]
-    else:
-        stale = [o.key for d in dates for o in store.list(f"{prefix}order_date={d.isoformat()}/")]
-    uploaded = set(store.upload_dir(local, prefix))
-    store.delete([key for key in stale if key not in uploaded])
+
+
+def _files(local_dir: Path, prefix: str) -> list[tuple[Path, str]]:
+    """The data files below local_dir and their keys under prefix (Spark's _SUCCESS and .crc
+    side files are not data)."""
+    files = []
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(local_dir).as_posix()
+        if any(part.startswith((".", "_")) for part in relative.split("/")):
+            continue
+        files.append((path, prefix + relative))
+    return files

@@ -35,6 +35,8 @@ from ecom_pipeline.aws import DEFAULT_REGION, AwsSettings
 from ecom_pipeline.contract import (
     CATEGORY_TABLE,
     INDEX_ONLY_ATTRIBUTES,
+    LOCK_EXPIRY_ATTRIBUTE,
+    LOCK_TABLE,
     ORDER_TABLE,
     index_attributes,
 )
@@ -45,6 +47,7 @@ from ecom_pipeline.dynamo import (
     table_key,
     to_dynamo_item,
 )
+from ecom_pipeline.lock import lock_table_definition
 from ecom_pipeline.storage import BucketStore
 
 logger = logging.getLogger(__name__)
@@ -143,7 +146,8 @@ def item_json(item: dict[str, Any]) -> str:
 
 
 class LocalAws:
-    """moto's server on 127.0.0.1, with the pipeline's bucket, tables, topic and an inbox queue.
+    """moto's server on 127.0.0.1, with the pipeline's bucket, tables (both KPI tables and the
+    lock table), topic and an inbox queue.
 
     ``with LocalAws() as aws:`` gives ``aws.settings`` (an :class:`AwsSettings` pointing at the
     server), ``aws.endpoint_url``, ``aws.port``, ``aws.bucket``, ``aws.topic_arn`` and
@@ -210,6 +214,11 @@ class LocalAws:
         dynamodb = self.client("dynamodb")
         for definition in table_definitions():
             dynamodb.create_table(**definition)
+        dynamodb.create_table(**lock_table_definition())
+        dynamodb.update_time_to_live(
+            TableName=LOCK_TABLE,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": LOCK_EXPIRY_ATTRIBUTE},
+        )
         self.topic_arn = self.client("sns").create_topic(Name=TOPIC_NAME)["TopicArn"]
         sqs = self.client("sqs")
         self.queue_url = sqs.create_queue(QueueName=QUEUE_NAME)["QueueUrl"]

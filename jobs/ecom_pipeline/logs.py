@@ -55,6 +55,11 @@ def bind(**fields: Any) -> None:
     _context.update({k: v for k, v in fields.items() if v is not None})
 
 
+def context() -> dict[str, Any]:
+    """The fields bound so far (a copy)."""
+    return dict(_context)
+
+
 def unbind(*names: str) -> None:
     for name in names:
         _context.pop(name, None)

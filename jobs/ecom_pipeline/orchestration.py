@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from ecom_pipeline.contract import DATASET_ORDER, dataset_of_file
-from ecom_pipeline.tiers import choose_route
+from ecom_pipeline.tiers import GIB, BatchTooLargeError, choose_route, default_max_batch_bytes
 
 # Mirrors storage.INCOMING ("incoming/<batch_id>/"); storage.py cannot be imported here.
 DEFAULT_INCOMING_PREFIX = "incoming/"
@@ -190,6 +190,7 @@ def plan_execution(
     manifest_files: Sequence[str] | None = None,
     incoming_prefix: str = DEFAULT_INCOMING_PREFIX,
     received_at: str | None = None,
+    max_batch_bytes: int | None = None,
 ) -> dict[str, Any]:
     """The state machine's input for a complete batch.
 
@@ -197,7 +198,8 @@ def plan_execution(
     ``manifest_files`` (from ``read_manifest``) only those files are planned and each must be in
     ``objects``. ``route`` says where the jobs run (``tiers.ECS_ROUTE``: Fargate tasks sized by
     ``tier``; ``tiers.EMR_ROUTE``: EMR Serverless job runs, for batches above the largest Fargate
-    tier). Raises tiers.BatchTooLargeError when no tier of either route takes the batch.
+    tier). Raises tiers.BatchTooLargeError when the batch's dataset files hold more than
+    ``max_batch_bytes`` (default: tiers.default_max_batch_bytes()) or no tier takes it.
     """
     if not is_safe_batch_id(batch_id):
         raise ValueError(f"unsafe batch id {batch_id!r}")
@@ -238,6 +240,13 @@ def plan_execution(
         entry["bytes"] += sizes[relative]
 
     total_bytes = sum(entry["bytes"] for entry in datasets.values())
+    limit = default_max_batch_bytes() if max_batch_bytes is None else max_batch_bytes
+    if total_bytes > limit:
+        raise BatchTooLargeError(
+            f"batch {batch_id!r} holds {total_bytes} bytes ({total_bytes / GIB:.1f} GiB) of "
+            f"dataset files, above the configured maximum of {limit} bytes "
+            f"({limit / GIB:.1f} GiB, MAX_BATCH_BYTES); split it into smaller batches"
+        )
     route, tier = choose_route(total_bytes)
     return {
         "batch_id": batch_id,

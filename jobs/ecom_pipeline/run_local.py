@@ -189,6 +189,7 @@ class LocalPipeline:
                 "CategoryTable": config.category_table,
                 "OrderTable": config.order_table,
                 "Region": aws.region,
+                "KpiTaskRoleArn": "arn:aws:iam::123456789012:role/ecom-pipeline-kpi-task",
             },
         )
         self.sfn = aws.client("stepfunctions")
@@ -211,6 +212,7 @@ class LocalPipeline:
         """Invoke the Lambda handler with an S3 event, as the bucket notification would."""
         env = {
             "STATE_MACHINE_ARN": self.state_machine_arn,
+            "NOTIFY_TOPIC_ARN": self.aws.topic_arn or "",
             "AWS_ENDPOINT_URL": self.aws.endpoint_url or "",
             "AWS_DEFAULT_REGION": self.aws.region,
             "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),

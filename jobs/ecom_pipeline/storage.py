@@ -49,6 +49,11 @@ def curated_prefix(dataset: str) -> str:
     return f"{CURATED}/{dataset}/"
 
 
+def curated_journal_key() -> str:
+    """The journal of a curated replacement in progress (outside every dataset's prefix)."""
+    return f"{CURATED}/_journal.json"
+
+
 def result_key(batch_id: str, dataset: str) -> str:
     return f"{RESULTS}/{batch_id}/{dataset}.json"
 

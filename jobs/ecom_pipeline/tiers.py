@@ -202,7 +202,18 @@ EMR_TIERS: tuple[EmrTier, ...] = (
 
 
 class BatchTooLargeError(ValueError):
-    """More input than the largest tier of every route takes."""
+    """More input than the configured maximum, or than the largest tier of every route takes."""
+
+
+# The largest batch the Lambda accepts (sum of its dataset files' bytes): a larger one is
+# refused with a notice before any Spark starts. The Lambda reads MAX_BATCH_BYTES from its
+# environment (a deployment may set it lower to cap cost); by default it is the largest tier of
+# any route, the EMR Serverless route's.
+MAX_BATCH_BYTES_ENV = "MAX_BATCH_BYTES"
+
+
+def default_max_batch_bytes() -> int:
+    return EMR_TIERS[-1].max_input_bytes
 
 
 def choose_route(input_bytes: int) -> tuple[str, Tier | EmrTier]:
