@@ -190,6 +190,7 @@ class LocalPipeline:
                 "OrderTable": config.order_table,
                 "Region": aws.region,
                 "KpiTaskRoleArn": "arn:aws:iam::123456789012:role/ecom-pipeline-kpi-task",
+                "CustodyTaskRoleArn": "arn:aws:iam::123456789012:role/ecom-pipeline-custody-task",
             },
         )
         self.sfn = aws.client("stepfunctions")
