@@ -21,3 +21,12 @@ def spark():
     session = get_spark("ecom-pipeline-tests", shuffle_partitions=2)
     yield session
     session.stop()
+
+
+@pytest.fixture(autouse=True)
+def _json_logs_to_this_tests_stderr():
+    """A test that ran a command left the log handler on its own captured stderr, which pytest
+    closes after it: point the handler at this test's stderr."""
+    from ecom_pipeline import logs
+
+    logs.configure()

@@ -55,9 +55,11 @@ class PipelineRunner(InProcessRunner):
         self.kill_next_kpi_job = False
         self.gate = threading.Event()
         self.gate.set()
+        self.held = threading.Event()  # a task is waiting at the closed gate
 
     def __call__(self, command, environment):
         if not self.gate.is_set():  # held at the gate, then dies without running (SIGKILL)
+            self.held.set()
             self.gate.wait(timeout=120)
             return 137
         if command[0] != "compute-kpis" or not self.kill_next_kpi_job:
@@ -256,6 +258,7 @@ def test_rejected_batch_fixed_in_place_is_replayed_and_refusals_change_nothing(
         marker = p.upload(fixed, "r2")
         (name,) = p.deliver(s3_event(p.aws.bucket, marker, 0))["started"]
         try:
+            assert runner.held.wait(timeout=120), "the validation task never reached the gate"
             assert _replay(p, "r2") == ExitCode.USAGE
             assert "still RUNNING (r2)" in capsys.readouterr().err
         finally:

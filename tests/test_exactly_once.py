@@ -202,6 +202,8 @@ def test_replays_change_nothing_and_corrections_and_crashed_runs_converge(spark,
         assert corrected != once  # the corrections changed KPIs
 
         # replaying the first batch after the corrections must not bring its old values back
+        # (its files were archived after its run: the operator uploads them again first)
+        pipeline.upload(source, "a")
         assert rerun_by_hand("a", "a-replayed-late") == "SUCCEEDED"
         assert _tables(aws, tmp_path / "t5") == corrected
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 
 import pytest
 
@@ -60,6 +62,7 @@ def test_metrics_are_embedded_metric_format(log_file):
 def test_a_task_run_in_process_logs_to_the_callers_file_not_the_terminal(log_file, tmp_path, capfd):
     from ecom_pipeline.local_sfn import InProcessRunner
 
+    logs.unbind("command")  # left by earlier tests that ran the command in this process
     logs.bind(batch_id="outer")
     code = InProcessRunner()(
         ["generate", "--out", str(tmp_path / "sample"), "--orders", "3", "--parts", "1"], {}
@@ -88,3 +91,19 @@ def test_line_logger_logs_whole_lines_and_flushes_the_rest(log_file):
     stream.write("o\n\nthree")
     stream.flush()
     assert [line["message"] for line in _lines(log_file)] == ["one", "two", "three"]
+
+
+def test_line_logger_sends_what_logging_writes_while_logging_to_the_real_stderr(capfd):
+    class Reporter(logging.Handler):
+        """A handler that writes to sys.stderr, as logging.Handler.handleError does."""
+
+        def emit(self, record):
+            sys.stderr.write(f"handler saw: {record.getMessage()}\n")
+
+    logger = logging.getLogger("ecom_pipeline.test.reporting")
+    logger.propagate = False
+    logger.addHandler(Reporter())
+    stream = logs.LineLogger(logger, "stderr")
+    with contextlib.redirect_stderr(stream):
+        stream.write("from the task\n")  # would recurse forever without the guard
+    assert capfd.readouterr().err == "handler saw: from the task\n"

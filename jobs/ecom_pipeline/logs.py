@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,28 +80,42 @@ def isolated_context() -> Iterator[None]:
 
 class LineLogger(io.TextIOBase):
     """A text stream that logs each line written to it, so a job's printed output (its report
-    JSON, its error messages) stays one JSON object a line in the log it is redirected to."""
+    JSON, its error messages) stays one JSON object a line in the log it is redirected to.
+
+    Logging itself may write to the redirected stream (a handler reporting its own error on
+    sys.stderr): such a nested write goes to the process's real stderr instead of looping."""
 
     def __init__(self, logger: logging.Logger, stream: str) -> None:
         self._logger = logger
         self._stream = stream
         self._pending = ""
+        self._writing = threading.local()
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
+        if getattr(self._writing, "active", False):
+            sys.__stderr__.write(text)
+            return len(text)
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
-            if line:
-                self._logger.info(line, extra={"event": "task_output", "stream": self._stream})
+            self._log(line)
         return len(text)
 
     def flush(self) -> None:
-        if self._pending:
-            line, self._pending = self._pending, ""
+        line, self._pending = self._pending, ""
+        self._log(line)
+
+    def _log(self, line: str) -> None:
+        if not line:
+            return
+        self._writing.active = True
+        try:
             self._logger.info(line, extra={"event": "task_output", "stream": self._stream})
+        finally:
+            self._writing.active = False
 
 
 @contextmanager
