@@ -227,28 +227,35 @@ def _publish_dashboard(
         return None
 
 
+def curated_parts(changes: KpiPlan) -> list[tuple[str, DataFrame, list[date] | None]]:
+    """(dataset, new rows, replaced dates or None for the whole dataset) the run rewrites."""
+    parts: list[tuple[str, DataFrame, list[date] | None]] = []
+    if changes.products_changed:
+        parts.append(("products", changes.new_state.products, None))
+    if changes.dates:
+        parts.append(("orders", changes.new_state.orders, changes.dates))
+        parts.append(("order_items", changes.new_state.items, changes.dates))
+    return parts
+
+
+def write_curated(frame: DataFrame, local: Path, dates: list[date] | None) -> None:
+    """Write new curated rows as Parquet to local disk (partitioned by order_date if dated)."""
+    writer = frame.write.mode("overwrite")
+    if dates is not None:
+        writer = writer.partitionBy("order_date")
+    writer.parquet(str(local))
+
+
 def _replace_curated(store: BucketStore, changes: KpiPlan, local: Path) -> None:
     """Upload the new partitions of the affected dates, then remove the objects they replace."""
-    if changes.products_changed:
-        _replace_prefix(
-            store, changes.new_state.products, curated_prefix("products"), local / "products", None
-        )
-    if not changes.dates:
-        return
-    for name, frame in (
-        ("orders", changes.new_state.orders),
-        ("order_items", changes.new_state.items),
-    ):
-        _replace_prefix(store, frame, curated_prefix(name), local / name, changes.dates)
+    for name, frame, dates in curated_parts(changes):
+        _replace_prefix(store, frame, curated_prefix(name), local / name, dates)
 
 
 def _replace_prefix(
     store: BucketStore, frame: DataFrame, prefix: str, local: Path, dates: list[date] | None
 ) -> None:
-    writer = frame.write.mode("overwrite")
-    if dates is not None:
-        writer = writer.partitionBy("order_date")
-    writer.parquet(str(local))
+    write_curated(frame, local, dates)
     if dates is None:
         stale = [o.key for o in store.list(prefix)]
     else:
