@@ -165,6 +165,10 @@ def _worker(
         result = json.loads(out.read_text())
     process = {
         "peak_rss_mib": round(sampled.peak_rss_bytes / MIB, 1),
+        "peak_pss_mib": round(sampled.peak_pss_bytes / MIB, 1),
+        "peak_rss_by_process_mib": {
+            kind: round(value / MIB, 1) for kind, value in sampled.peak_breakdown.items()
+        },
         "process_wall_s": round(sampled.wall_s, 1),
         "process_cpu_s": round(sampled.cpu_s, 1),
         "load_avg_1m_at_end": round(sampled.load_avg[0], 2),
@@ -474,6 +478,17 @@ def markdown_table(results: dict[str, Any]) -> str:
             + " |"
         )
     runs = ", ".join(f"{s['label']}: {s['runs']}" for s in results["sizes"].values())
+    early = [
+        s["label"]
+        for s in results["sizes"].values()
+        if "peak_pss_mib" not in s["measurements"]["kpis"]
+    ]
+    if early:
+        lines.append("")
+        lines.append(
+            f"Peak RSS of {', '.join(early)}: measured before the sampler left out a JVM's "
+            "forked, not yet exec'd children, so counting some JVM pages twice: upper bounds."
+        )
     lines.append("")
     lines.append(
         f"Medians of N runs after a warm-up (N per size: {runs}), "
