@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     DataType,
@@ -155,6 +155,21 @@ def first_invalid_utf8(path: Path) -> tuple[int, int] | None:
     return None
 
 
+def csv_reader(spark: SparkSession, schema: StructType) -> DataFrameReader:
+    """Spark's CSV reader as every dataset file is read: header row, RFC 4180 quoting, records
+    that may span lines inside quotes, malformed rows kept (PERMISSIVE)."""
+    return (
+        spark.read.schema(schema)
+        .option("header", True)
+        .option("multiLine", True)
+        # RFC 4180: a quote inside a quoted field is doubled ("").
+        .option("quote", '"')
+        .option("escape", '"')
+        .option("mode", "PERMISSIVE")
+        .option("encoding", "UTF-8")
+    )
+
+
 def read_raw(spark: SparkSession, files: Sequence[DataFile]) -> DataFrame:
     """All files of one dataset as text columns, named after each file's own header.
 
@@ -179,15 +194,8 @@ def read_raw(spark: SparkSession, files: Sequence[DataFile]) -> DataFrame:
         # Spark reports file:/path or file:///path, percent-encoded; compare plain paths.
         local_path = F.url_decode(F.regexp_replace(F.col("_metadata.file_path"), "^file:(//)?", ""))
         frame = (
-            spark.read.schema(schema)
-            .option("header", True)
-            .option("multiLine", True)
-            # RFC 4180: a quote inside a quoted field is doubled ("").
-            .option("quote", '"')
-            .option("escape", '"')
-            .option("mode", "PERMISSIVE")
+            csv_reader(spark, schema)
             .option("columnNameOfCorruptRecord", _CORRUPT)
-            .option("encoding", "UTF-8")
             .csv([str(f.local_path) for f in group])
             .withColumn(
                 SOURCE_FILE,

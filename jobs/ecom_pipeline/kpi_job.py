@@ -369,27 +369,39 @@ def _publish_dashboard(
         return None
 
 
+def curated_parts(changes: KpiPlan) -> list[tuple[str, DataFrame, list[date] | None]]:
+    """(dataset, new rows, replaced dates or None for the whole dataset) the run rewrites."""
+    parts: list[tuple[str, DataFrame, list[date] | None]] = []
+    if changes.products_changed:
+        parts.append(("products", changes.new_state.products, None))
+    if changes.dates:
+        parts.append(("orders", changes.new_state.orders, changes.dates))
+        parts.append(("order_items", changes.new_state.items, changes.dates))
+    return parts
+
+
+def write_curated(frame: DataFrame, local: Path, dates: list[date] | None) -> None:
+    """Write new curated rows as Parquet to local disk (partitioned by order_date if dated)."""
+    writer = frame.write.mode("overwrite")
+    if dates is not None:
+        writer = writer.partitionBy("order_date")
+    writer.parquet(str(local))
+
+
 def _replace_curated(store: BucketStore, changes: KpiPlan, local: Path, batch_id: str) -> None:
     """Replace the affected curated partitions (and products, if the batch has any) under the
     journal: write locally, journal what comes and goes, upload, commit, delete, clear."""
     replaced: list[tuple[Path, str, list[str]]] = []  # local folder, prefix, stale keys
-    if changes.products_changed:
-        prefix = curated_prefix("products")
-        _write(changes.new_state.products, local / "products", None)
-        replaced.append((local / "products", prefix, [o.key for o in store.list(prefix)]))
-    if changes.dates:
-        for name, frame in (
-            ("orders", changes.new_state.orders),
-            ("order_items", changes.new_state.items),
-        ):
-            prefix = curated_prefix(name)
-            _write(frame, local / name, changes.dates)
+    for name, frame, dates in curated_parts(changes):
+        prefix = curated_prefix(name)
+        write_curated(frame, local / name, dates)
+        if dates is None:
+            stale = [o.key for o in store.list(prefix)]
+        else:
             stale = [
-                o.key
-                for d in changes.dates
-                for o in store.list(f"{prefix}order_date={d.isoformat()}/")
+                o.key for d in dates for o in store.list(f"{prefix}order_date={d.isoformat()}/")
             ]
-            replaced.append((local / name, prefix, stale))
+        replaced.append((local / name, prefix, stale))
     if not replaced:
         return
     uploads = [
@@ -433,13 +445,6 @@ def recover_curated(store: BucketStore) -> str | None:
         },
     )
     return outcome
-
-
-def _write(frame: DataFrame, local: Path, dates: list[date] | None) -> None:
-    writer = frame.write.mode("overwrite")
-    if dates is not None:
-        writer = writer.partitionBy("order_date")
-    writer.parquet(str(local))
 
 
 def _files(local_dir: Path, prefix: str) -> list[tuple[Path, str]]:

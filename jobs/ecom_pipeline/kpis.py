@@ -56,11 +56,18 @@ def enrich_items(items: DataFrame, products: DataFrame) -> DataFrame:
 def category_kpis(enriched_items: DataFrame) -> DataFrame:
     """One row per (category, order_date) that has items; columns as the category table."""
     is_returned = F.lower(F.col("status")) == RETURNED_STATUS
-    grouped = enriched_items.groupBy("category", "order_date").agg(
-        F.sum("sale_price").alias("daily_revenue"),
-        F.countDistinct("order_id").alias("order_count"),
-        F.countDistinct(F.when(is_returned, F.col("order_id"))).alias("returned_orders"),
-        F.count(F.lit(1)).alias("items_sold"),
+    # Per order first, then per day: the same counts as two countDistinct aggregates, without
+    # the Expand that doubles every item row to compute them.
+    per_order = enriched_items.groupBy("category", "order_date", "order_id").agg(
+        F.sum("sale_price").alias("revenue"),
+        F.count(F.lit(1)).alias("items"),
+        F.max(is_returned).alias("returned"),
+    )
+    grouped = per_order.groupBy("category", "order_date").agg(
+        F.sum("revenue").alias("daily_revenue"),
+        F.count("order_id").alias("order_count"),
+        F.count(F.when(F.col("returned"), F.col("order_id"))).alias("returned_orders"),
+        F.sum("items").alias("items_sold"),
     )
     return grouped.select(
         "category",

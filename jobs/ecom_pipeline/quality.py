@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -128,23 +129,30 @@ def run_suite(
             name=f"{dataset.name}-validation", data=batch_definition, suite=suite
         )
     )
-    checkpoint = context.checkpoints.add_or_update(
-        gx.Checkpoint(
-            name=f"{dataset.name}-checkpoint",
-            validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="update-data-docs")],
-            result_format={
-                "result_format": "SUMMARY",
-                "unexpected_index_column_names": [SOURCE_FILE, dataset.key],
-                "partial_unexpected_count": EXAMPLES,
-            },
+    # Two passes over the cached frame, sharing one run id (the second result replaces the
+    # first in the store and in the Data Docs). BOOLEAN_ONLY needs only the aggregate metrics,
+    # which GX bundles into a few Spark jobs; SUMMARY adds, for every expectation, jobs that look
+    # for example rows (a full pass each when there are none). Most batches pass, so the
+    # examples are only looked for when a rule failed.
+    run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
+    parameters = suite_parameters(dataset, checkable_columns)
+    result = None
+    for result_format in (BOOLEAN_ONLY, _summary_format(dataset)):
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=f"{dataset.name}-checkpoint",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="update-data-docs")],
+                result_format=result_format,
+            )
         )
-    )
-    result = checkpoint.run(
-        batch_parameters={"dataframe": frame},
-        expectation_parameters=suite_parameters(dataset, checkable_columns),
-        run_id=RunIdentifier(run_name=run_name),
-    )
+        result = checkpoint.run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters=parameters,
+            run_id=run_id,
+        )
+        if result.success:
+            break
     failures: list[RuleFailure] = []
     evaluated = 0
     for validation in result.run_results.values():
@@ -161,6 +169,18 @@ def run_suite(
         docs_dir=docs_dir if docs_dir.exists() else None,
         docs_page=pages[-1].relative_to(docs_dir).as_posix() if pages else None,
     )
+
+
+BOOLEAN_ONLY: dict[str, Any] = {"result_format": "BOOLEAN_ONLY"}
+
+
+def _summary_format(dataset: Dataset) -> dict[str, Any]:
+    """Counts and up to EXAMPLES offending rows per failed rule, named by file and key."""
+    return {
+        "result_format": "SUMMARY",
+        "unexpected_index_column_names": [SOURCE_FILE, dataset.key],
+        "partial_unexpected_count": EXAMPLES,
+    }
 
 
 def _failure_of(expectation_result: Any) -> RuleFailure:

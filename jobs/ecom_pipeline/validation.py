@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,94 @@ class BatchFiles:
         return [DataFile(path, key) for path, key in zip(paths, keys, strict=True)]
 
 
+@dataclass
+class CheckOutcome:
+    """What checking one dataset's local files found (no S3 involved)."""
+
+    rows: int
+    failures: list[RuleFailure]
+    success: bool
+    rules_evaluated: int
+    docs_dir: Path | None
+    docs_page: str | None
+    staged_dir: Path | None  # the accepted rows as Parquet, when the dataset passed
+    files_refused: int = 0  # files not read at all (not UTF-8 CSV text)
+    seconds: dict[str, float] = field(default_factory=dict)  # per step, for profiling
+
+
+def check_dataset(
+    spark: SparkSession,
+    dataset: Dataset,
+    files: list[DataFile],
+    *,
+    known_references: Callable[[], dict[str, DataFrame]],
+    run_name: str,
+    work: Path,
+) -> CheckOutcome:
+    """The validation job on local files: per-file checks, one parse, the GX suite, and on
+    success the accepted rows written as Parquet to ``work/staged``.
+
+    ``known_references`` gives the referenced datasets' known rows (only called for a dataset
+    with foreign keys). The parsed frame is cached once and every expectation reads the cache.
+    """
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    failures, readable = file_failures(dataset, files)
+    if not readable:
+        # No file is CSV text: nothing for Spark and the suite to check (they would only
+        # report every column missing), so the dataset is refused before Spark reads anything.
+        return CheckOutcome(
+            rows=0,
+            failures=failures,
+            success=False,
+            rules_evaluated=0,
+            docs_dir=None,
+            docs_page=None,
+            staged_dir=None,
+            files_refused=len(files),
+            seconds=seconds,
+        )
+    with logs.step(log, "read", files=len(readable), refused_files=len(files) - len(readable)):
+        frame = read_checkable(spark, dataset, readable)
+        if dataset.foreign_keys:
+            frame = with_reference_checks(frame, dataset, known_references())
+        frame = frame.cache()
+        rows = frame.count()
+    seconds["read"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    with logs.step(log, "expectations", rows=rows) as outcome_fields:
+        outcome = run_suite(
+            frame,
+            dataset,
+            checkable_columns=checkable_columns(dataset),
+            run_name=run_name,
+            project_dir=work / "gx-project",
+        )
+        outcome_fields["failed_rules"] = len(outcome.failures)
+    seconds["expectations"] = time.perf_counter() - clock
+    failures.extend(outcome.failures)
+    success = outcome.success and not failures
+    staged = None
+    if success:
+        clock = time.perf_counter()
+        with logs.step(log, "stage accepted rows", rows=rows):
+            staged = work / "staged"
+            accepted(frame, dataset).write.mode("overwrite").parquet(str(staged))
+        seconds["stage"] = time.perf_counter() - clock
+    frame.unpersist()
+    return CheckOutcome(
+        rows=rows,
+        failures=failures,
+        success=success,
+        rules_evaluated=outcome.evaluated,
+        docs_dir=outcome.docs_dir,
+        docs_page=outcome.docs_page,
+        staged_dir=staged,
+        files_refused=len(files) - len(readable),
+        seconds=seconds,
+    )
+
+
 def validate_dataset(
     spark: SparkSession,
     config: PipelineConfig,
@@ -247,73 +336,34 @@ def validate_dataset(
         raise ValueError(
             f"batch {batch_id} has no {dataset_name} files under {incoming_prefix(batch_id)}"
         )
-    failures, readable = file_failures(dataset, files)
-    if not readable:
-        # No file is CSV text: nothing for Spark and the suite to check (they would only
-        # report every column missing), so the batch is refused before Spark starts.
-        report = ValidationReport(
-            batch_id=batch_id,
-            dataset=dataset_name,
-            files=[f.name for f in files],
-            rows=0,
-            success=False,
-            failures=failures,
-            execution_id=execution_id,
-        )
-        return _finish(store, config, report, files, readable, started)
-    with logs.step(log, "read", files=len(readable), refused_files=len(files) - len(readable)):
-        frame = read_checkable(spark, dataset, readable)
-        if dataset.foreign_keys:
-            frame = with_reference_checks(
-                frame, dataset, _known_references(spark, dataset, batch, store, work)
-            )
-        frame = frame.cache()
-        rows = frame.count()
-    with logs.step(log, "expectations", rows=rows) as outcome_fields:
-        outcome = run_suite(
-            frame,
-            dataset,
-            checkable_columns=checkable_columns(dataset),
-            run_name=batch_id,
-            project_dir=work / "gx-project",
-        )
-        outcome_fields["failed_rules"] = len(outcome.failures)
-    failures.extend(outcome.failures)
+    checked = check_dataset(
+        spark,
+        dataset,
+        files,
+        known_references=lambda: _known_references(spark, dataset, batch, store, work),
+        run_name=batch_id,
+        work=work,
+    )
+    rows = checked.rows
     report = ValidationReport(
         batch_id=batch_id,
         dataset=dataset_name,
         files=[f.name for f in files],
         rows=rows,
-        success=outcome.success and not failures,
-        failures=failures,
-        rules_evaluated=outcome.evaluated,
+        success=checked.success,
+        failures=checked.failures,
+        rules_evaluated=checked.rules_evaluated,
         execution_id=execution_id,
     )
-    if outcome.docs_dir is not None:
+    if checked.docs_dir is not None:
         prefix = data_docs_prefix(batch_id, dataset_name)
-        store.upload_dir(outcome.docs_dir, prefix, skip_hidden=False)
-        report.data_docs = f"s3://{config.bucket}/{prefix}{outcome.docs_page or 'index.html'}"
-    if report.success:
-        with logs.step(log, "stage accepted rows", rows=rows):
-            staged = work / "staged"
-            accepted(frame, dataset).write.mode("overwrite").parquet(str(staged))
+        store.upload_dir(checked.docs_dir, prefix, skip_hidden=False)
+        report.data_docs = f"s3://{config.bucket}/{prefix}{checked.docs_page or 'index.html'}"
+    if checked.staged_dir is not None:
+        with logs.step(log, "upload accepted rows", rows=rows):
             stage = staging_prefix(batch_id, dataset_name)
             store.delete([o.key for o in store.list(stage)])
-            store.upload_dir(staged, stage)
-    frame.unpersist()
-    return _finish(store, config, report, files, readable, started)
-
-
-def _finish(
-    store: BucketStore,
-    config: PipelineConfig,
-    report: ValidationReport,
-    files: list[DataFile],
-    readable: list[DataFile],
-    started: float,
-) -> ValidationReport:
-    """Write the result the state machine reads, the Data Docs index, logs and metrics."""
-    batch_id, dataset_name, rows = report.batch_id, report.dataset, report.rows
+            store.upload_dir(checked.staged_dir, stage)
     store.put_json(result_key(batch_id, dataset_name), report.as_dict())
     from ecom_pipeline.docs_index import publish_index  # the cross-batch Data Docs index
 
@@ -326,7 +376,7 @@ def _finish(
         {"job": "validate", "dataset": dataset_name},
         {
             "FilesRead": len(files),
-            "FilesRefused": len(files) - len(readable),
+            "FilesRefused": checked.files_refused,
             "RowsRead": rows,
             "RulesFailed": len(report.failures),
             "BatchRejected": 0 if report.success else 1,
@@ -345,18 +395,33 @@ def _finish(
 def _known_references(
     spark: SparkSession, dataset: Dataset, batch: BatchFiles, store: BucketStore, work: Path
 ) -> dict[str, DataFrame]:
+    targets = {fk.dataset for fk in dataset.foreign_keys}
+    curated_dirs = {
+        name: store.download_prefix(curated_prefix(name), work / "curated" / name)
+        for name in sorted(targets)
+    }
+    return known_references(
+        spark, dataset, {name: batch.files(name) for name in sorted(targets)}, curated_dirs
+    )
+
+
+def known_references(
+    spark: SparkSession,
+    dataset: Dataset,
+    batch_files: dict[str, list[DataFile]],
+    curated_dirs: dict[str, Path],
+) -> dict[str, DataFrame]:
+    """Known rows of each dataset ``dataset`` refers to: the batch's files of it (local) and
+    its curated store staged to ``curated_dirs[name]`` (missing or empty: nothing yet)."""
     known = {}
     for fk in dataset.foreign_keys:
         target = DATASETS[fk.dataset]
-        curated_dir = store.download_prefix(
-            curated_prefix(target.name), work / "curated" / target.name
-        )
-        curated = read_curated(spark, curated_dir, target)
+        curated = read_curated(spark, curated_dirs[target.name], target)
         keep = [fk.target_column] + (["user_id"] if target.name == "orders" else [])
-        batch_files = [
-            f for f in batch.files(target.name) if unreadable_reason(f.local_path) is None
+        readable = [
+            f for f in batch_files.get(target.name, []) if unreadable_reason(f.local_path) is None
         ]
-        batch_rows = read_checkable(spark, target, batch_files) if batch_files else None
+        batch_rows = read_checkable(spark, target, readable) if readable else None
         if batch_rows is not None and not set(keep) <= set(batch_rows.columns):
             batch_rows = None  # that file's own validation reports the missing columns
         if batch_rows is not None:
