@@ -181,11 +181,11 @@ def _custody_note(root: str, *, moved: bool, extra: dict[str, Any] | None = None
     return note | (extra or {})
 
 
-def _move_states(
-    prefix: str, destination: str, stage: str | None, next_state: str
-) -> dict[str, dict[str, Any]]:
-    """Run ``ecom-pipeline move-batch`` (idempotent, so retried on any task failure), then
-    record in the notice where the files are: moved, or still in incoming/ with the error."""
+def _move_task(
+    destination: str, stage: str | None, next_state: str, *, on_error: str
+) -> dict[str, Any]:
+    """``ecom-pipeline move-batch`` as a task of the smallest size under the custody role;
+    idempotent, so retried on any task failure, then on_error with ``$.custody_error``."""
     command = f"States.Array('move-batch', '--batch-id', $.batch_id, '--to', '{destination}'"
     command += f", '--stage', '{stage}')" if stage else ")"
     move = _run_task(command, MOVE_TIMEOUT_S, fixed_size=True, task_role=CUSTODY_TASK_ROLE)
@@ -194,15 +194,20 @@ def _move_states(
         {
             "ResultPath": None,
             "Catch": [
-                {
-                    "ErrorEquals": ["States.ALL"],
-                    "ResultPath": "$.custody_error",
-                    "Next": f"{prefix}FilesKept",
-                }
+                {"ErrorEquals": ["States.ALL"], "ResultPath": "$.custody_error", "Next": on_error}
             ],
-            "Next": f"{prefix}FilesMoved",
+            "Next": next_state,
         }
     )
+    return move
+
+
+def _move_states(
+    prefix: str, destination: str, stage: str | None, next_state: str
+) -> dict[str, dict[str, Any]]:
+    """Run ``ecom-pipeline move-batch`` (idempotent, so retried on any task failure), then
+    record in the notice where the files are: moved, or still in incoming/ with the error."""
+    move = _move_task(destination, stage, f"{prefix}FilesMoved", on_error=f"{prefix}FilesKept")
     root = ARCHIVE if destination == "archive" else REJECTED
     return {
         f"{prefix}MoveFiles": move,
@@ -246,26 +251,7 @@ def _archive_states() -> dict[str, dict[str, Any]]:
     move fails the KPIs stand, but the batch ends FAILED with a notice saying where its files
     are, so nothing ends silently half-done (a replay re-runs the idempotent KPI job and
     finishes the archive)."""
-    move = _run_task(
-        "States.Array('move-batch', '--batch-id', $.batch_id, '--to', 'archive')",
-        MOVE_TIMEOUT_S,
-        fixed_size=True,
-        task_role=CUSTODY_TASK_ROLE,
-    )
-    move["Retry"] += _retry(["States.TaskFailed"], attempts=2, interval_s=2)
-    move.update(
-        {
-            "ResultPath": None,
-            "Catch": [
-                {
-                    "ErrorEquals": ["States.ALL"],
-                    "ResultPath": "$.custody_error",
-                    "Next": "ArchiveFailureNotice",
-                }
-            ],
-            "Next": "ArchivedFiles",
-        }
-    )
+    move = _move_task("archive", None, "ArchivedFiles", on_error="ArchiveFailureNotice")
     return {
         "ArchiveFiles": move,
         "ArchivedFiles": {
