@@ -8,10 +8,11 @@ IAM: s3:ListBucket on the bucket (prefix incoming/), s3:GetObject on incoming/*,
 states:StartExecution on the state machine, states:DescribeExecution on its executions,
 sns:Publish on the topic.
 
-A batch above MAX_BATCH_BYTES is refused before anything starts: no execution, a FAILED notice
-(stage "intake") naming the batch, its size and the limit, and the invocation succeeds (Lambda
-retrying it would refuse it again). Without NOTIFY_TOPIC_ARN nobody could be told, so the
-invocation fails instead.
+A batch above MAX_BATCH_BYTES, or whose manifest.json cannot be planned (not JSON of the right
+shape, or listing files the batch does not hold), is refused before anything starts: no
+execution, a FAILED notice (stage "intake") naming the batch and why, and the invocation
+succeeds (Lambda retrying it would refuse it again). Without NOTIFY_TOPIC_ARN nobody could be
+told, so the invocation fails instead.
 
 Each execution is named after its batch (orchestration.execution_name), so the run of a batch
 starts once however often its marker event arrives. Step Functions answers a repeated
@@ -35,6 +36,7 @@ from botocore.exceptions import ClientError
 from ecom_pipeline.orchestration import (
     DEFAULT_INCOMING_PREFIX,
     MANIFEST_MARKER,
+    ManifestError,
     batch_prefix,
     classify_key,
     execution_arn,
@@ -112,13 +114,18 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
                 record.event_time,
                 max_batch_bytes,
             )
-        except BatchTooLargeError as error:
+        except (BatchTooLargeError, ManifestError) as error:
             log("ERROR", "batch refused", error=str(error), type=type(error).__name__, **fields)
             if topic_arn is None:
                 first_error = first_error or error
                 continue
+            details = (
+                {"max_batch_bytes": max_batch_bytes}
+                if isinstance(error, BatchTooLargeError)
+                else {"rule": "manifest.json lists the batch's files"}
+            )
             try:
-                _notify_refusal(topic_arn, batch_id, record.key, str(error), max_batch_bytes)
+                _notify_refusal(topic_arn, batch_id, record.key, str(error), details)
             except Exception as notify_error:
                 log("ERROR", "refusal notice not sent", error=str(notify_error), **fields)
                 first_error = first_error or notify_error
@@ -201,7 +208,7 @@ def _start_batch(
 
 
 def _notify_refusal(
-    topic_arn: str, batch_id: str, key: str, error: str, max_batch_bytes: int
+    topic_arn: str, batch_id: str, key: str, error: str, details: dict[str, Any]
 ) -> None:
     """The FAILED notice of a batch refused at intake (same shape as the state machine's)."""
     notice = {
@@ -210,7 +217,7 @@ def _notify_refusal(
         "batch_id": batch_id,
         "marker": key,
         "error": error,
-        "max_batch_bytes": max_batch_bytes,
+        **details,
     }
     _client("sns").publish(
         TopicArn=topic_arn,

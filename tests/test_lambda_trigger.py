@@ -636,6 +636,30 @@ def test_manifest_naming_a_missing_file_fails_clearly(aws, trigger, capsys):
     assert "orders/orders_part9.csv" in errors[0]["error"]
 
 
+def test_a_manifest_that_cannot_be_planned_is_refused_with_a_notice(aws, trigger, monkeypatch):
+    topic, sqs, queue = _inbox()
+    monkeypatch.setenv("NOTIFY_TOPIC_ARN", topic)
+    upload_batch(aws, "m1", BATCH_FILES)
+    aws.put("incoming/m1/manifest.json", json.dumps({"files": ["orders/orders_part9.csv"]}))
+    upload_batch(aws, "m2", BATCH_FILES)
+    aws.put("incoming/m2/manifest.json", "{not json")
+    event = s3_event("incoming/m1/manifest.json", "incoming/m2/manifest.json")
+    result = trigger.handler(event, FakeContext())
+    assert result["refused"] == ["m1", "m2"]
+    assert aws.executions() == []
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    notices = {
+        n["batch_id"]: n for n in (json.loads(json.loads(m["Body"])["Message"]) for m in messages)
+    }
+    assert set(notices) == {"m1", "m2"}
+    for notice in notices.values():
+        assert (notice["status"], notice["stage"]) == ("FAILED", "intake")
+        assert notice["rule"] == "manifest.json lists the batch's files"
+        assert "max_batch_bytes" not in notice
+    assert "orders/orders_part9.csv" in notices["m1"]["error"]
+    assert "not valid JSON" in notices["m2"]["error"]
+
+
 def test_too_large_batch_is_logged_and_raised(aws, trigger, monkeypatch, capsys):
     monkeypatch.delenv("NOTIFY_TOPIC_ARN", raising=False)  # nobody to tell: the invocation fails
     upload_batch(aws, "b1", BATCH_FILES)

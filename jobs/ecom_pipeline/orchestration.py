@@ -36,6 +36,11 @@ _HASH_CHARS = 10
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+class ManifestError(ValueError):
+    """A batch's manifest.json that cannot be planned (not JSON of the right shape, or listing
+    files the batch does not hold): the batch is refused, as the data's fault."""
+
+
 @dataclass(frozen=True)
 class S3ObjectEvent:
     bucket: str
@@ -163,16 +168,16 @@ def read_manifest(text: str) -> list[str]:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"manifest.json is not valid JSON: {error}") from error
+        raise ManifestError(f"manifest.json is not valid JSON: {error}") from error
     files = document.get("files") if isinstance(document, dict) else None
     if not isinstance(files, list) or not files:
-        raise ValueError('manifest.json must be {"files": [...]} listing at least one file')
+        raise ManifestError('manifest.json must be {"files": [...]} listing at least one file')
     seen: set[str] = set()
     for entry in files:
         if not isinstance(entry, str) or not _is_safe_relative(entry):
-            raise ValueError(f"manifest.json lists an invalid file path: {entry!r}")
+            raise ManifestError(f"manifest.json lists an invalid file path: {entry!r}")
         if entry in seen:
-            raise ValueError(f"manifest.json lists {entry!r} twice")
+            raise ManifestError(f"manifest.json lists {entry!r} twice")
         seen.add(entry)
     return list(files)
 
@@ -219,7 +224,7 @@ def plan_execution(
     else:
         missing = [f for f in manifest_files if f not in sizes]
         if missing:
-            raise ValueError(
+            raise ManifestError(
                 f"manifest.json of batch {batch_id!r} lists files that are not in "
                 f"s3://{bucket}/{folder}: {', '.join(missing)}"
             )
