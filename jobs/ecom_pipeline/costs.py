@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ecom_pipeline.tiers import EMR_TIERS, GIB, MIB, TIERS, EmrTier, Tier
+from ecom_pipeline.tiers import EMR_TIERS, GIB, MIB, TIERS, EmrTier, Tier, markdown_table
 
 REGION = "us-east-1"
 # On-demand list prices, Linux/x86, USD (AWS pricing pages of Fargate and EMR Serverless).
@@ -109,7 +109,7 @@ def cost_table_markdown() -> str:
         "USD / GiB",
         "same batch on EMR Serverless (emr tier, time, cost)",
     )
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for size in batch_sizes():
         fargate = next((t for t in TIERS if size <= t.max_input_bytes), None)
         emr_tier = next(t for t in EMR_TIERS if size <= t.max_input_bytes)
@@ -128,5 +128,5 @@ def cost_table_markdown() -> str:
             f"${chosen.per_gib(size):.3f}",
             alternative,
         )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)

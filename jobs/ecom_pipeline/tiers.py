@@ -267,6 +267,13 @@ def is_valid_fargate_size(cpu: int, memory_mib: int) -> bool:
     return memory_mib in FARGATE_MEMORY.get(cpu, ())
 
 
+def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A Markdown table of already formatted cells (the README's generated tables)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
 def tier_table_markdown() -> str:
     """The tier table as Markdown, for the README (a test keeps the README in step)."""
     header = (
@@ -278,7 +285,7 @@ def tier_table_markdown() -> str:
         "ephemeral storage",
         "shuffle partitions",
     )
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for t in TIERS:
         cells = (
             t.name,
@@ -289,8 +296,8 @@ def tier_table_markdown() -> str:
             f"{t.ephemeral_storage_gib} GiB",
             str(t.shuffle_partitions),
         )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def emr_tier_table_markdown() -> str:
@@ -305,7 +312,7 @@ def emr_tier_table_markdown() -> str:
         "vCPU at full size",
         "shuffle partitions",
     )
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for t in EMR_TIERS:
         cells = (
             t.name,
@@ -317,8 +324,8 @@ def emr_tier_table_markdown() -> str:
             str(t.max_vcpu),
             str(t.shuffle_partitions),
         )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def _size(value: int) -> str:
