@@ -340,9 +340,14 @@ def test_two_kpi_runs_at_once_are_serialised_and_lose_nothing(spark, tmp_path):
     assert waits[0]["held_by_execution"].endswith(f":{first}")
     assert acquired[second]["waited_s"] > 0
     assert not any(line.get("event") == "lock_wait" for line in logs[first])
-    # the second started only after the first had written everything
-    first_done = next(line for line in logs[first] if line.get("event") == "kpi_result")
-    assert acquired[second]["time"] >= first_done["time"][:23]
+    # the second started only after the first had written everything and let go
+    first_curated = next(
+        line
+        for line in logs[first]
+        if line.get("step") == "update curated store" and "duration_s" in line
+    )
+    first_released = next(line for line in logs[first] if line.get("event") == "lock_released")
+    assert first_curated["time"] <= first_released["time"] <= acquired[second]["time"]
     # every line of each job names its batch and execution
     for batch, lines in logs.items():
         assert all(line.get("batch_id") == batch for line in lines), batch

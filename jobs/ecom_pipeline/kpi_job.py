@@ -217,15 +217,16 @@ def compute_kpis(
         lease.__enter__()
     try:
         report.lock_wait_s = lease.waited_s
-        _compute_locked(spark(), config, store, lease, report, received_at)
+        _compute_locked(spark(), config, store, lease, report)
+        report.duration_s = round(time.perf_counter() - started, 3)
+        if received_at:
+            arrival = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+            report.batch_duration_s = round((datetime.now(UTC) - arrival).total_seconds(), 3)
+        if not report.already_applied:
+            # still under the lock: a replay waiting for it must find the batch applied
+            store.put_json(kpi_result_key(batch_id), report.__dict__)
     finally:
         lease.release()
-    report.duration_s = round(time.perf_counter() - started, 3)
-    if received_at:
-        arrival = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
-        report.batch_duration_s = round((datetime.now(UTC) - arrival).total_seconds(), 3)
-    if not report.already_applied:
-        store.put_json(kpi_result_key(batch_id), report.__dict__)
     _emit_metrics(report)
     log.info("kpis done", extra={"event": "kpi_result", **report.__dict__})
     return report
@@ -237,7 +238,6 @@ def _compute_locked(
     store: BucketStore,
     lease: Lease,
     report: KpiReport,
-    received_at: str | None,
 ) -> None:
     batch_id = report.batch_id
     work = config.work_dir / "kpis" / batch_id
