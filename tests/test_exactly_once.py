@@ -453,6 +453,23 @@ def test_waiting_backs_off_up_to_the_bound_then_fails_naming_the_holder(lock_aws
     waiter.release()
 
 
+def test_compute_kpis_exits_4_when_the_lock_stays_taken(lock_aws, tmp_path, capsys):
+    client = lock_aws.client("dynamodb")
+    live = Lease(client, LOCK_CURATED_STORE, holder={"batch_id": "busy", "execution_id": "x:busy"})
+    assert live.try_acquire()
+    try:
+        environ = PipelineConfig(
+            bucket=lock_aws.bucket, aws=lock_aws.settings, work_dir=tmp_path, lock_wait_s=1
+        ).to_env()
+        code = main(["compute-kpis", "--batch-id", "late"], environ=environ)
+    finally:
+        live.release()
+    assert code == ExitCode.DEPENDENCY
+    err = capsys.readouterr().err
+    assert f"lock '{LOCK_CURATED_STORE}' in table '{LOCK_TABLE}' still held after" in err
+    assert "by batch busy, execution x:busy" in err
+
+
 def test_renewal_keeps_the_lease_alive(lock_aws):
     clock = Clock()
     holder = _lease(lock_aws, clock, "b1", lease_s=60, lock="renew")
