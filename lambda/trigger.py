@@ -2,7 +2,8 @@
 
 Environment: STATE_MACHINE_ARN (required), INCOMING_PREFIX (default "incoming/"),
 NOTIFY_TOPIC_ARN (where refusals are announced), MAX_BATCH_BYTES (default: the largest tier's
-limit, tiers.default_max_batch_bytes()).
+limit, tiers.default_max_batch_bytes()), KPI_RETRY_WAIT_S (the plan's wait before a KPI task
+that exited 4 is retried; default orchestration.KPI_RETRY_WAIT_S).
 The deployment zip holds this file plus ecom_pipeline/{__init__,contract,tiers,orchestration}.py.
 IAM: s3:ListBucket on the bucket (prefix incoming/), s3:GetObject on incoming/*,
 states:StartExecution on the state machine, states:DescribeExecution on its executions,
@@ -41,6 +42,7 @@ from ecom_pipeline.orchestration import (
     classify_key,
     execution_arn,
     execution_name,
+    kpi_retry_wait_from,
     normalise_prefix,
     parse_s3_event,
     plan_execution,
@@ -85,6 +87,11 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
         log("ERROR", "configuration error", error=f"{MAX_BATCH_BYTES_ENV} is not an integer")
         raise RuntimeError(f"{MAX_BATCH_BYTES_ENV} must be a number of bytes") from error
     try:
+        kpi_retry_wait_s = kpi_retry_wait_from(os.environ)
+    except ValueError as error:
+        log("ERROR", "configuration error", error=str(error))
+        raise RuntimeError(str(error)) from error
+    try:
         records = parse_s3_event(event)
     except ValueError as error:
         log("ERROR", "malformed event", error=str(error))
@@ -113,6 +120,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
                 state_machine_arn,
                 record.event_time,
                 max_batch_bytes,
+                kpi_retry_wait_s,
             )
         except (BatchTooLargeError, ManifestError) as error:
             log("ERROR", "batch refused", error=str(error), type=type(error).__name__, **fields)
@@ -163,6 +171,7 @@ def _start_batch(
     state_machine_arn: str,
     received_at: str | None,
     max_batch_bytes: int,
+    kpi_retry_wait_s: int,
 ) -> tuple[str, dict[str, Any]]:
     """("started", details) or ("duplicate", {"reason": ...})."""
     sfn = _client("stepfunctions")
@@ -190,6 +199,7 @@ def _start_batch(
         incoming_prefix=prefix,
         received_at=received_at,
         max_batch_bytes=max_batch_bytes,
+        kpi_retry_wait_s=kpi_retry_wait_s,
     )
     try:
         response = sfn.start_execution(

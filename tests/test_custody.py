@@ -8,6 +8,7 @@ the Lambda, moto's interpreter and the test's own client are not affected."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,15 +17,17 @@ from unittest import mock
 import pytest
 from botocore.exceptions import ClientError
 
-from ecom_pipeline import kpi_job
+from ecom_pipeline import kpi_job, local_sfn
+from ecom_pipeline.asl import KPI_MAX_ATTEMPTS
 from ecom_pipeline.aws import AwsSettings
 from ecom_pipeline.cli import main
 from ecom_pipeline.config import PipelineConfig
-from ecom_pipeline.contract import ORDER_TABLE, ExitCode
+from ecom_pipeline.contract import LOCK_CURATED_STORE, ORDER_TABLE, ExitCode
 from ecom_pipeline.custody import CustodyError, move_objects
 from ecom_pipeline.generator import generate
 from ecom_pipeline.local_aws import LocalAws
 from ecom_pipeline.local_sfn import InProcessRunner, enable_interpreter, local_ecs
+from ecom_pipeline.lock import Lease
 from ecom_pipeline.orchestration import replay_execution_name
 from ecom_pipeline.run_local import LocalPipeline, run_batch, s3_event
 from ecom_pipeline.storage import (
@@ -80,14 +83,19 @@ class PipelineRunner(InProcessRunner):
 
 
 @contextlib.contextmanager
-def pipeline(tmp_path: Path) -> Iterator[tuple[LocalPipeline, PipelineRunner]]:
+def pipeline(
+    tmp_path: Path, *, lock_wait_s: float | None = None
+) -> Iterator[tuple[LocalPipeline, PipelineRunner]]:
     runner = PipelineRunner()
     with LocalAws() as aws, local_ecs(runner):
         enable_interpreter("127.0.0.1", aws.port)
         config = PipelineConfig(
             bucket=aws.bucket, aws=aws.settings, topic_arn=aws.topic_arn, work_dir=tmp_path / "w"
         )
-        yield LocalPipeline(aws, config), runner
+        if lock_wait_s is not None:
+            config = dataclasses.replace(config, lock_wait_s=lock_wait_s)
+        # the deployed default waits 15 s before each KPI retry; the retries here need not
+        yield LocalPipeline(aws, config, kpi_retry_wait_s=1), runner
 
 
 def _run(p: LocalPipeline, folder: Path, batch_id: str, tmp_path: Path):
@@ -184,7 +192,7 @@ def test_killed_kpi_job_fails_notified_keeps_the_batch_and_replay_converges(spar
         assert (outcome.status, outcome.error) == ("FAILED", "Kpi.Failed")
         notice = outcome.notice
         assert notice["stage"] == "kpis"
-        assert '"ExitCode": 137' in notice["error"]["Cause"]
+        assert '"ExitCode":137' in notice["error"]["Cause"]
         assert notice["custody"] == {
             "moved": False,
             "files": f"s3://{p.aws.bucket}/{INCOMING}/k1/",
@@ -211,6 +219,46 @@ def test_killed_kpi_job_fails_notified_keeps_the_batch_and_replay_converges(spar
         assert _replay(p, "k1") == ExitCode.USAGE
         executions = p.sfn.list_executions(stateMachineArn=p.state_machine_arn)["executions"]
         assert sorted(e["name"] for e in executions) == ["k1", "k1-replay-1"]
+
+
+def test_kpi_task_exiting_4_is_retried_to_its_limit_and_an_unreadable_cause_still_notifies(
+    spark, tmp_path
+):
+    """Retry exhaustion in a run: another run holds the curated-store lock throughout, so each
+    KPI attempt gives up waiting and exits 4; the state machine retries it KPI_MAX_ATTEMPTS
+    times in all, then fails with the notice, keeping the batch for replay. A failed task whose
+    Cause is not the stopped task's JSON goes to the notice too (no retry, no silent end)."""
+    source = _small_batch(tmp_path, "source", seed=8)
+    with pipeline(tmp_path, lock_wait_s=0.5) as (p, runner):
+        holder = Lease(
+            p.aws.client("dynamodb"),
+            LOCK_CURATED_STORE,
+            holder={"batch_id": "other", "execution_id": "x:other"},
+            lease_s=600,
+        )
+        assert holder.try_acquire()
+        try:
+            outcome = _run(p, source, "r1", tmp_path)
+            kpi_runs = [c for c, _ in runner.calls if c[0] == "compute-kpis"]
+            assert len(kpi_runs) == KPI_MAX_ATTEMPTS
+            assert (outcome.status, outcome.error) == ("FAILED", "Kpi.Failed")
+            assert outcome.notice["stage"] == "kpis"
+            assert f'"ExitCode":{ExitCode.DEPENDENCY}' in outcome.notice["error"]["Cause"]
+            assert outcome.notice["custody"]["moved"] is False
+            assert _objects(p, f"{INCOMING}/r1/") == _source_files(source)
+            assert _tables(p, tmp_path) == ({}, {})
+
+            # the same exit 4, but the Cause does not show the exit code: one attempt, notified
+            runner.calls.clear()
+            unreadable = "CannotStartContainerError: ResourceInitializationError"
+            with mock.patch.object(local_sfn, "stopped_task_cause", return_value=unreadable):
+                outcome = _run(p, source, "r2", tmp_path)
+            assert len([c for c, _ in runner.calls if c[0] == "compute-kpis"]) == 1
+            assert (outcome.status, outcome.error) == ("FAILED", "Kpi.Failed")
+            assert outcome.notice["error"]["Cause"] == unreadable
+            assert _objects(p, f"{INCOMING}/r2/") == _source_files(source)
+        finally:
+            holder.release()
 
 
 def test_rejected_batch_fixed_in_place_is_replayed_and_refusals_change_nothing(

@@ -204,7 +204,7 @@ def test_emr_tasks_have_timeout_retry_and_catch_like_the_ecs_tasks(states):
         for key in ("ResultSelector", "ResultPath", "Next", "End"):
             assert emr_task.get(key) == ecs_task.get(key), (emr_name, key)
         # ... except that only an ECS task has an exit code to tell a retryable KPI failure by
-        ecs_catch = [c for c in ecs_task["Catch"] if c["Next"] != "ReadKpiExitCode"]
+        ecs_catch = [c for c in ecs_task["Catch"] if c["Next"] != "KpiFailureHasCause"]
         assert emr_task["Catch"] == ecs_catch, emr_name
         assert emr_task["Catch"]
 

@@ -158,7 +158,8 @@ def test_replays_change_nothing_and_corrections_and_crashed_runs_converge(spark,
         config = PipelineConfig(
             bucket=aws.bucket, aws=aws.settings, topic_arn=aws.topic_arn, work_dir=tmp_path / "w"
         )
-        pipeline = LocalPipeline(aws, config)
+        # the KPI retries below need not wait the deployed 15 s (the plan carries the wait)
+        pipeline = LocalPipeline(aws, config, kpi_retry_wait_s=1)
 
         def run(folder: Path, batch_id: str) -> str:
             marker = pipeline.upload(folder, batch_id)

@@ -23,10 +23,12 @@ from ecom_pipeline import storage
 from ecom_pipeline.contract import DATASET_ORDER
 from ecom_pipeline.orchestration import (
     DEFAULT_INCOMING_PREFIX,
+    KPI_RETRY_WAIT_S,
     S3ObjectEvent,
     batch_of_marker,
     execution_arn,
     execution_name,
+    kpi_retry_wait_from,
     parse_s3_event,
     plan_execution,
     read_manifest,
@@ -200,9 +202,19 @@ def test_plan_execution_exact_input():
         "tier": TIERS[0].as_input(),
         "unrecognised_files": ["incoming/b1/notes.txt", "incoming/b1/products/orders.csv"],
         "received_at": "",
+        "kpi_retry_wait_s": KPI_RETRY_WAIT_S,
     }
     assert list(plan["datasets"]) == list(DATASET_ORDER)
     assert json.loads(json.dumps(plan)) == plan
+
+
+def test_kpi_retry_wait_comes_from_the_environment_within_bounds():
+    assert kpi_retry_wait_from({}) == KPI_RETRY_WAIT_S
+    assert kpi_retry_wait_from({"KPI_RETRY_WAIT_S": "2"}) == 2
+    for bad in ("0", "3601", "1.5", "soon"):
+        with pytest.raises(ValueError, match="KPI_RETRY_WAIT_S"):
+            kpi_retry_wait_from({"KPI_RETRY_WAIT_S": bad})
+    assert plan_execution(BUCKET, "b1", small_batch(), kpi_retry_wait_s=2)["kpi_retry_wait_s"] == 2
 
 
 def test_plan_execution_carries_the_marker_time():

@@ -3,6 +3,7 @@ and the local ECS stand-in applying overrides as ECS does."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from ecom_pipeline.asl import (
     CONTAINER_NAME,
+    KPI_MAX_ATTEMPTS,
     PLACEHOLDERS,
     build_definition,
     definition_text,
@@ -112,10 +114,41 @@ def test_failures_end_in_fail_states_after_a_notice():
     # a KPI task that exited non-zero goes through the exit-code check, anything else straight
     # to the notice; the check ends at the notice unless the code is retryable (4)
     catches = {c["ErrorEquals"][0]: c["Next"] for c in states["ComputeKpis"]["Catch"]}
-    assert catches == {"States.TaskFailed": "ReadKpiExitCode", "States.ALL": "KpiFailureNotice"}
+    assert catches == {
+        "States.TaskFailed": "KpiFailureHasCause",
+        "States.ALL": "KpiFailureNotice",
+    }
+    assert states["KpiFailureHasCause"]["Default"] == "KpiFailureNotice"
+    assert states["KpiFailureHasCause"]["Choices"][0]["Next"] == "KpiRetryable"
     assert states["KpiRetryable"]["Default"] == "KpiFailureNotice"
     assert states["KpiRetryable"]["Choices"][0]["Next"] == "WaitBeforeKpiRetry"
     assert states["CountKpiAttempt"]["Next"] == "ComputeKpis"
+
+
+def test_the_retry_check_finds_exit_code_4_in_the_stopped_task_only():
+    """StringMatches has one wildcard, *: fnmatch with these patterns (no [ or ?) behaves alike."""
+    rule = build_definition()["States"]["KpiRetryable"]["Choices"][0]["And"][0]["Or"]
+    patterns = [r["StringMatches"] for r in rule]
+
+    def retryable(cause: str) -> bool:
+        return any(fnmatch.fnmatchcase(cause, p) for p in patterns)
+
+    def stopped(*codes: int, separators: tuple[str, str] = (",", ":")) -> str:
+        containers = [{"Name": f"c{i}", "ExitCode": code} for i, code in enumerate(codes)]
+        return json.dumps(
+            {"Containers": containers, "LastStatus": "STOPPED"}, separators=separators
+        )
+
+    assert retryable(stopped(4))
+    assert retryable(stopped(4, separators=(", ", ": ")))
+    assert retryable(stopped(0, 4))
+    assert not retryable(stopped(1))
+    assert not retryable(stopped(40))
+    assert not retryable(stopped(14))
+    assert not retryable(stopped(137))
+    assert not retryable("CannotStartContainerError: exit 4")
+    counting = build_definition()["States"]["KpiRetryable"]["Choices"][0]["And"][1]
+    assert counting == {"Variable": "$.kpi_attempt.attempt", "NumericLessThan": KPI_MAX_ATTEMPTS}
 
 
 def test_substitute_fills_every_placeholder_and_refuses_gaps():

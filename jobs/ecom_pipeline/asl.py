@@ -91,7 +91,13 @@ EMR_START_SLACK_S = 900
 # stopped task) and decides.
 KPI_RETRYABLE_EXIT_CODE = 4
 KPI_MAX_ATTEMPTS = 3
-KPI_RETRY_WAIT_S = 15
+
+
+def _exit_code_patterns(code: int) -> list[str]:
+    """StringMatches patterns finding a container's ``"ExitCode":<code>`` in a stopped task's
+    JSON, compact (as Step Functions writes the Cause) or spaced, followed by , or }: 4 never
+    matches 40."""
+    return [f'*"ExitCode"{colon}{code}{end}*' for colon in (":", ": ") for end in (",", "}")]
 
 
 def _retry(errors: list[str], attempts: int, interval_s: int) -> list[dict[str, Any]]:
@@ -428,7 +434,11 @@ def build_definition() -> dict[str, Any]:
     # On ECS the exit code tells a retryable failure (4) from the rest; an EMR job run's failure
     # carries no exit code, so it goes straight to the notice (a replay re-runs the batch).
     kpis["Catch"] = [
-        {"ErrorEquals": ["States.TaskFailed"], "ResultPath": "$.error", "Next": "ReadKpiExitCode"},
+        {
+            "ErrorEquals": ["States.TaskFailed"],
+            "ResultPath": "$.error",
+            "Next": "KpiFailureHasCause",
+        },
         fail_kpis,
     ]
     kpis_on_emr["Catch"] = [fail_kpis]
@@ -444,35 +454,36 @@ def build_definition() -> dict[str, Any]:
         "RouteKpis": _route("ComputeKpis", "ComputeKpisOnEmr"),
         "ComputeKpis": kpis,
         "ComputeKpisOnEmr": kpis_on_emr,
-        # The container ran and exited non-zero: the Cause is the stopped task, as JSON.
-        "ReadKpiExitCode": {
-            "Type": "Pass",
-            "Parameters": {
-                "task.$": "States.StringToJson($.error.Cause)",
-                "next_attempt.$": "States.MathAdd($.kpi_attempt.attempt, 1)",
-            },
-            "ResultPath": "$.kpi_retry",
-            "Next": "SummariseKpiExit",
-        },
-        "SummariseKpiExit": {
-            "Type": "Pass",
-            "Parameters": {
-                "retryable.$": "States.ArrayContains($.kpi_retry.task.Containers[*].ExitCode, "
-                f"{KPI_RETRYABLE_EXIT_CODE})",
-                "next_attempt.$": "$.kpi_retry.next_attempt",
-            },
-            "ResultPath": "$.kpi_retry",
-            "Next": "KpiRetryable",
+        # The container ran and exited non-zero: the Cause is the stopped task as JSON text.
+        # Choice states read it with string patterns, because a Pass state parsing it could not
+        # Catch a Cause that is not JSON and the execution would end without a notice.
+        "KpiFailureHasCause": {
+            "Type": "Choice",
+            "Choices": [
+                {
+                    "And": [
+                        {"Variable": "$.error.Cause", "IsPresent": True},
+                        {"Variable": "$.error.Cause", "IsString": True},
+                    ],
+                    "Next": "KpiRetryable",
+                }
+            ],
+            "Default": "KpiFailureNotice",
         },
         "KpiRetryable": {
             "Type": "Choice",
             "Choices": [
                 {
                     "And": [
-                        {"Variable": "$.kpi_retry.retryable", "BooleanEquals": True},
                         {
-                            "Variable": "$.kpi_retry.next_attempt",
-                            "NumericLessThanEquals": KPI_MAX_ATTEMPTS,
+                            "Or": [
+                                {"Variable": "$.error.Cause", "StringMatches": pattern}
+                                for pattern in _exit_code_patterns(KPI_RETRYABLE_EXIT_CODE)
+                            ]
+                        },
+                        {
+                            "Variable": "$.kpi_attempt.attempt",
+                            "NumericLessThan": KPI_MAX_ATTEMPTS,
                         },
                     ],
                     "Next": "WaitBeforeKpiRetry",
@@ -480,14 +491,15 @@ def build_definition() -> dict[str, Any]:
             ],
             "Default": "KpiFailureNotice",
         },
+        # the plan's wait (orchestration.KPI_RETRY_WAIT_S unless the deployment sets another)
         "WaitBeforeKpiRetry": {
             "Type": "Wait",
-            "Seconds": KPI_RETRY_WAIT_S,
+            "SecondsPath": "$.kpi_retry_wait_s",
             "Next": "CountKpiAttempt",
         },
         "CountKpiAttempt": {
             "Type": "Pass",
-            "Parameters": {"attempt.$": "$.kpi_retry.next_attempt"},
+            "Parameters": {"attempt.$": "States.MathAdd($.kpi_attempt.attempt, 1)"},
             "ResultPath": "$.kpi_attempt",
             "Next": "ComputeKpis",
         },

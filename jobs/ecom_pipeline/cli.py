@@ -251,6 +251,7 @@ def _move_batch(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from ecom_pipeline.aws import AwsSettings
+    from ecom_pipeline.orchestration import kpi_retry_wait_from
     from ecom_pipeline.replay import ReplayRefusedError, replay_batch, wait_for
     from ecom_pipeline.storage import BucketStore
 
@@ -267,9 +268,19 @@ def _replay(args: argparse.Namespace) -> int:
         region=args.region or defaults.region,
         endpoint_url=args.endpoint_url or defaults.endpoint_url,
     )
+    try:
+        kpi_retry_wait_s = kpi_retry_wait_from(env)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     sfn = aws.client("stepfunctions")
     try:
-        result = replay_batch(sfn, BucketStore(bucket, aws), state_machine_arn, args.batch_id)
+        result = replay_batch(
+            sfn,
+            BucketStore(bucket, aws),
+            state_machine_arn,
+            args.batch_id,
+            kpi_retry_wait_s=kpi_retry_wait_s,
+        )
     except ReplayRefusedError as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.USAGE

@@ -44,7 +44,6 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 )
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
-from moto.stepfunctions.parser.asl.utils.encoding import to_json_str
 
 from ecom_pipeline import logs
 
@@ -104,7 +103,13 @@ class SubprocessRunner:
         return process.returncode
 
 
-def _task_failed(env: Any, resource: str, resource_type: str, task: dict[str, Any]) -> None:
+def stopped_task_cause(task: dict[str, Any]) -> str:
+    """The Cause of a failed ``ecs:runTask.sync``: the stopped task as compact JSON, as Step
+    Functions writes it."""
+    return json.dumps(task, separators=(",", ":"))
+
+
+def _task_failed(env: Any, resource: str, resource_type: str, cause: str) -> None:
     raise FailureEventException(
         FailureEvent(
             env=env,
@@ -115,7 +120,7 @@ def _task_failed(env: Any, resource: str, resource_type: str, task: dict[str, An
                     resource=resource,
                     resourceType=resource_type,
                     error=StatesErrorNameType.StatesTaskFailed.to_name(),
-                    cause=to_json_str(task),
+                    cause=cause,
                 )
             ),
         )
@@ -153,7 +158,12 @@ def _local_ecs_class(runner: TaskRunner) -> type[StateTaskServiceEcs]:
 
             def resolve() -> dict[str, Any]:
                 if any(c["ExitCode"] != 0 for c in task["Containers"]):
-                    _task_failed(env, self._get_sfn_resource(), self._get_sfn_resource_type(), task)
+                    _task_failed(
+                        env,
+                        self._get_sfn_resource(),
+                        self._get_sfn_resource_type(),
+                        stopped_task_cause(task),
+                    )
                 return task
 
             return resolve

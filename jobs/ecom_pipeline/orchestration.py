@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -28,6 +28,11 @@ MANIFEST_MARKER = "manifest.json"
 MARKERS = (SUCCESS_MARKER, MANIFEST_MARKER)
 # The rule a batch breaks when a file's name fits no dataset (it would be silently left out).
 INTAKE_RULE = "file name fits a dataset"
+# How long the state machine waits before retrying a KPI task that exited 4 (a lock held too
+# long, throttling that outlasted the job's own retries): the plan carries it, from the
+# trigger's environment.
+KPI_RETRY_WAIT_S = 15
+KPI_RETRY_WAIT_ENV = "KPI_RETRY_WAIT_S"
 
 # Step Functions execution names, restricted to what is safe everywhere (ARNs, CloudWatch).
 EXECUTION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
@@ -196,6 +201,7 @@ def plan_execution(
     incoming_prefix: str = DEFAULT_INCOMING_PREFIX,
     received_at: str | None = None,
     max_batch_bytes: int | None = None,
+    kpi_retry_wait_s: int = KPI_RETRY_WAIT_S,
 ) -> dict[str, Any]:
     """The state machine's input for a complete batch.
 
@@ -263,7 +269,20 @@ def plan_execution(
         "unrecognised_files": unrecognised,
         # when the batch was complete (the marker's event time): the notices' durations start here
         "received_at": received_at or "",
+        "kpi_retry_wait_s": kpi_retry_wait_s,
     }
+
+
+def kpi_retry_wait_from(environ: Mapping[str, str]) -> int:
+    """KPI_RETRY_WAIT_S from ``environ`` (seconds, 1 to 3600), or the default."""
+    text = environ.get(KPI_RETRY_WAIT_ENV) or str(KPI_RETRY_WAIT_S)
+    try:
+        seconds = int(text)
+    except ValueError as error:
+        raise ValueError(f"{KPI_RETRY_WAIT_ENV} must be whole seconds, not {text!r}") from error
+    if not 1 <= seconds <= 3600:
+        raise ValueError(f"{KPI_RETRY_WAIT_ENV} must be 1 to 3600 seconds, not {seconds}")
+    return seconds
 
 
 def execution_arn(state_machine_arn: str, name: str) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 from ecom_pipeline.custody import move_objects
 from ecom_pipeline.orchestration import (
+    KPI_RETRY_WAIT_S,
     MANIFEST_MARKER,
     execution_arn,
     execution_name,
@@ -100,6 +101,7 @@ def replay_batch(
     batch_id: str,
     *,
     received_at: str | None = None,
+    kpi_retry_wait_s: int = KPI_RETRY_WAIT_S,
 ) -> ReplayResult:
     if not is_safe_batch_id(batch_id):
         raise ReplayRefusedError(f"unsafe batch id {batch_id!r}")
@@ -142,6 +144,7 @@ def replay_batch(
         manifest_files=manifest_files,
         incoming_prefix=INCOMING,
         received_at=received_at or datetime.now(UTC).isoformat(timespec="milliseconds"),
+        kpi_retry_wait_s=kpi_retry_wait_s,
     )
     try:
         sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(plan))

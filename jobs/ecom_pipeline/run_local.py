@@ -36,6 +36,7 @@ from ecom_pipeline.dashboard import DASHBOARD_PREFIX, relink_data_docs
 from ecom_pipeline.lambda_fn import trigger
 from ecom_pipeline.local_aws import LocalAws
 from ecom_pipeline.local_sfn import InProcessRunner, TaskRunner, enable_interpreter, local_ecs
+from ecom_pipeline.orchestration import KPI_RETRY_WAIT_ENV, KPI_RETRY_WAIT_S
 from ecom_pipeline.storage import ARCHIVE, DATA_DOCS, INCOMING, REJECTED, incoming_prefix
 from ecom_pipeline.tiers import TIERS
 
@@ -138,9 +139,12 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 class LocalPipeline:
     """The emulated deployment: what infra/template.yaml creates, created in moto."""
 
-    def __init__(self, aws: LocalAws, config: PipelineConfig) -> None:
+    def __init__(
+        self, aws: LocalAws, config: PipelineConfig, *, kpi_retry_wait_s: int = KPI_RETRY_WAIT_S
+    ) -> None:
         self.aws = aws
         self.config = config
+        self.kpi_retry_wait_s = kpi_retry_wait_s
         ecs = aws.client("ecs")
         self.cluster_arn = ecs.create_cluster(clusterName=STATE_MACHINE_NAME)["cluster"][
             "clusterArn"
@@ -218,6 +222,7 @@ class LocalPipeline:
             "AWS_DEFAULT_REGION": self.aws.region,
             "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
             "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+            KPI_RETRY_WAIT_ENV: str(self.kpi_retry_wait_s),
         }
         output = io.StringIO()
         with _environment(env), contextlib.redirect_stdout(output):
