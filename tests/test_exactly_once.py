@@ -370,6 +370,7 @@ def test_two_kpi_runs_at_once_are_serialised_and_lose_nothing(spark, tmp_path):
             assert units["".join(p.title() for p in step.split()) + "Seconds"] == "Seconds"
             assert emf["".join(p.title() for p in step.split()) + "Seconds"] >= 0
         assert units["KpiJobSeconds"] == "Seconds"
+        assert emf["KpiJobFailed"] == 0
         assert all(isinstance(emf[name], int | float) for name in units)  # values at top level
         assert emf["RowsRead"] == sum(result["rows_accepted"].values()) > 0
         assert emf["KpiItemsWritten"] == (
@@ -469,6 +470,11 @@ def test_compute_kpis_exits_4_when_the_lock_stays_taken(lock_aws, tmp_path, caps
     err = capsys.readouterr().err
     assert f"lock '{LOCK_CURATED_STORE}' in table '{LOCK_TABLE}' still held after" in err
     assert "by batch busy, execution x:busy" in err
+    # the failed run still reports its metrics: failed, after waiting for the lock, nothing read
+    (emf,) = [line for line in _log_lines(err) if "_aws" in line]
+    assert emf["KpiJobFailed"] == 1
+    assert emf["WaitForLockSeconds"] >= 1
+    assert (emf["RowsRead"], emf["KpiItemsWritten"], emf["batch_id"]) == (0, 0, "late")
 
 
 def test_renewal_keeps_the_lease_alive(lock_aws):

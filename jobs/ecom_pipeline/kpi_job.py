@@ -213,21 +213,29 @@ def compute_kpis(
         lease_s=config.lock_lease_s,
         wait_s=config.lock_wait_s,
     )
-    with _timed(report, "wait for lock"):
-        lease.__enter__()
+    succeeded = False
     try:
-        report.lock_wait_s = lease.waited_s
-        _compute_locked(spark(), config, store, lease, report)
-        report.duration_s = round(time.perf_counter() - started, 3)
-        if received_at:
-            arrival = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
-            report.batch_duration_s = round((datetime.now(UTC) - arrival).total_seconds(), 3)
-        if not report.already_applied:
-            # still under the lock: a replay waiting for it must find the batch applied
-            store.put_json(kpi_result_key(batch_id), report.__dict__)
+        with _timed(report, "wait for lock"):
+            lease.__enter__()
+        try:
+            report.lock_wait_s = lease.waited_s
+            _compute_locked(spark(), config, store, lease, report)
+            report.duration_s = round(time.perf_counter() - started, 3)
+            if received_at:
+                arrival = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+                report.batch_duration_s = round((datetime.now(UTC) - arrival).total_seconds(), 3)
+            if not report.already_applied:
+                # still under the lock: a replay waiting for it must find the batch applied
+                store.put_json(kpi_result_key(batch_id), report.__dict__)
+        finally:
+            lease.release()
+        succeeded = True
     finally:
-        lease.release()
-    _emit_metrics(report)
+        # a failed run reports too (how far it got, how long it took), so an alarm on
+        # KpiJobFailed and the step durations see every run, not only the good ones
+        if not succeeded:
+            report.duration_s = round(time.perf_counter() - started, 3)
+        _emit_metrics(report, failed=not succeeded)
     log.info("kpis done", extra={"event": "kpi_result", **report.__dict__})
     return report
 
@@ -320,7 +328,7 @@ def _metric_name(step: str) -> str:
     return "".join(part.title() for part in step.split()) + "Seconds"
 
 
-def _emit_metrics(report: KpiReport) -> None:
+def _emit_metrics(report: KpiReport, *, failed: bool) -> None:
     """The run's numbers in CloudWatch Embedded Metric Format (dimension job=kpis)."""
     values: dict[str, float] = {
         "RowsRead": sum(report.rows_accepted.values()),
@@ -331,6 +339,7 @@ def _emit_metrics(report: KpiReport) -> None:
         "KpiItemsWritten": report.category_items_written + report.order_items_written,
         "ItemsDeleted": report.items_deleted,
         "AlreadyApplied": 1 if report.already_applied else 0,
+        "KpiJobFailed": 1 if failed else 0,
         **{_metric_name(step): seconds for step, seconds in report.step_seconds.items()},
         "KpiJobSeconds": report.duration_s,
     }
