@@ -426,6 +426,37 @@ def test_bucket_is_encrypted_private_and_tls_only(template):
     assert len(denies[0]["Resource"]) == 2  # the bucket and its objects
 
 
+def test_raw_batch_files_keep_every_version(template):
+    """Versioning on; derived data's replaced versions expire, the raw batches' never; no
+    principal may erase a version of a batch file."""
+    _, bucket = the_one(template, "AWS::S3::Bucket")
+    properties = bucket["Properties"]
+    assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
+    rules = properties["LifecycleConfiguration"]["Rules"]
+    assert all(rule["Status"] == "Enabled" for rule in rules)
+    expiring = {
+        rule.get("Prefix", ""): rule for rule in rules if "NoncurrentVersionExpiration" in rule
+    }
+    assert "" not in expiring  # no bucket-wide expiry, which would reach archive/ and rejected/
+    derived = {storage.INCOMING, storage.STAGING, storage.CURATED, storage.RESULTS}
+    derived |= {storage.DATA_DOCS, dashboard.DASHBOARD_PREFIX}
+    assert {p.rstrip("/") for p in expiring} >= derived
+    for kept in (storage.ARCHIVE, storage.REJECTED):
+        assert not any(p.startswith(kept) for p in expiring), kept
+    assert any("AbortIncompleteMultipartUpload" in rule for rule in rules)
+
+    _, policy = the_one(template, "AWS::S3::BucketPolicy")
+    (deny,) = [
+        s
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Deny" and "s3:DeleteObjectVersion" in str(s["Action"])
+    ]
+    assert deny["Principal"] == "*"
+    assert "Condition" not in deny
+    protected = {re.sub(r".*\}/", "", r["Fn::Sub"]) for r in deny["Resource"]}
+    assert protected == {f"{p}/*" for p in (storage.INCOMING, storage.ARCHIVE, storage.REJECTED)}
+
+
 # --- ECS -----------------------------------------------------------------------------------------
 
 
