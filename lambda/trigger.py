@@ -9,8 +9,9 @@ IAM: s3:ListBucket on the bucket (prefix incoming/), s3:GetObject on incoming/*,
 states:StartExecution on the state machine, states:DescribeExecution on its executions,
 sns:Publish on the topic.
 
-A batch above MAX_BATCH_BYTES, or whose manifest.json cannot be planned (not JSON of the right
-shape, or listing files the batch does not hold), is refused before anything starts: no
+A batch above MAX_BATCH_BYTES, one holding nothing but its marker, or one whose manifest.json
+cannot be planned (not JSON of the right shape, or listing files the batch does not hold), is
+refused before anything starts: no
 execution, a FAILED notice (stage "intake") naming the batch and why, and the invocation
 succeeds (Lambda retrying it would refuse it again). Without NOTIFY_TOPIC_ARN nobody could be
 told, so the invocation fails instead.
@@ -19,7 +20,9 @@ Each execution is named after its batch (orchestration.execution_name), so the r
 starts once however often its marker event arrives. Step Functions answers a repeated
 StartExecution with the same name and input *while the first is running* with success (it is
 idempotent), so the handler first asks whether the execution exists; ExecutionAlreadyExists
-covers the execution having finished or the plan having changed.
+covers the execution having finished or the plan having changed. A marker stored *after* the
+batch's last execution began is a new upload of the batch, not a repeated event: it starts the
+next replay execution (``<name>-replay-<n>``, as ``ecom-pipeline replay`` names them).
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ from botocore.exceptions import ClientError
 
 from ecom_pipeline.orchestration import (
     DEFAULT_INCOMING_PREFIX,
+    EMPTY_BATCH_RULE,
     MANIFEST_MARKER,
+    EmptyBatchError,
     ManifestError,
+    batch_executions,
     batch_prefix,
     classify_key,
     execution_arn,
@@ -47,6 +53,7 @@ from ecom_pipeline.orchestration import (
     parse_s3_event,
     plan_execution,
     read_manifest,
+    replay_execution_name,
 )
 from ecom_pipeline.tiers import MAX_BATCH_BYTES_ENV, BatchTooLargeError, default_max_batch_bytes
 
@@ -122,16 +129,17 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
                 max_batch_bytes,
                 kpi_retry_wait_s,
             )
-        except (BatchTooLargeError, ManifestError) as error:
+        except (BatchTooLargeError, ManifestError, EmptyBatchError) as error:
             log("ERROR", "batch refused", error=str(error), type=type(error).__name__, **fields)
             if topic_arn is None:
                 first_error = first_error or error
                 continue
-            details = (
-                {"max_batch_bytes": max_batch_bytes}
-                if isinstance(error, BatchTooLargeError)
-                else {"rule": "manifest.json lists the batch's files"}
-            )
+            if isinstance(error, BatchTooLargeError):
+                details: dict[str, Any] = {"max_batch_bytes": max_batch_bytes}
+            elif isinstance(error, EmptyBatchError):
+                details = {"rule": EMPTY_BATCH_RULE}
+            else:
+                details = {"rule": "manifest.json lists the batch's files"}
             try:
                 _notify_refusal(topic_arn, batch_id, record.key, str(error), details)
             except Exception as notify_error:
@@ -147,8 +155,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, list[str]]:
             first_error = first_error or error
             continue
         if outcome == "started":
+            fields["execution_name"] = detail.pop("execution_name")
             log("INFO", "started", **fields, **detail)
-            started.append(name)
+            started.append(fields["execution_name"])
         else:
             log("INFO", "duplicate", reason=detail["reason"], **fields)
             duplicates.append(name)
@@ -175,14 +184,25 @@ def _start_batch(
 ) -> tuple[str, dict[str, Any]]:
     """("started", details) or ("duplicate", {"reason": ...})."""
     sfn = _client("stepfunctions")
-    try:
-        existing = sfn.describe_execution(executionArn=execution_arn(state_machine_arn, name))
-    except sfn.exceptions.ExecutionDoesNotExist:
-        pass
-    else:
-        return "duplicate", {"reason": f"execution exists ({existing['status']})"}
-
     s3 = _client("s3")
+    previous = batch_executions(sfn, state_machine_arn, batch_id)
+    if previous:
+        last, status = previous[-1]
+        if status == "RUNNING":
+            return "duplicate", {"reason": f"execution {last} is running"}
+        started = sfn.describe_execution(executionArn=execution_arn(state_machine_arn, last))[
+            "startDate"
+        ]
+        uploaded = _last_modified(s3, bucket, key)
+        if uploaded is None or uploaded <= started:
+            # the event of the marker that started it, delivered again (or the marker has
+            # been settled into archive/ or rejected/ since)
+            return "duplicate", {"reason": f"execution {last} exists ({status})"}
+        # The batch was uploaded again after its last execution began: run it again, as
+        # `ecom-pipeline replay` would (identical rows change nothing; corrections apply),
+        # so no upload is left in incoming/ without an execution and a notice.
+        name = replay_execution_name(batch_id, len(previous))
+
     folder = batch_prefix(batch_id, prefix)
     objects = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder):
@@ -210,11 +230,22 @@ def _start_batch(
             return "duplicate", {"reason": "ExecutionAlreadyExists"}
         raise
     return "started", {
+        "execution_name": name,
         "execution_arn": response["executionArn"],
         "route": plan["route"],
         "tier": plan["tier"]["name"],
         "total_bytes": plan["total_bytes"],
     }
+
+
+def _last_modified(s3: Any, bucket: str, key: str) -> datetime | None:
+    """When the object was stored, or None when it is gone."""
+    try:
+        return s3.head_object(Bucket=bucket, Key=key)["LastModified"]
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
 
 
 def _notify_refusal(

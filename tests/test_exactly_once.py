@@ -180,15 +180,21 @@ def test_replays_change_nothing_and_corrections_and_crashed_runs_converge(spark,
         assert once == _expected([source])
         result_after_a = aws.store.get_json(kpi_result_key("a"))
 
-        # the same S3 event again, and the marker uploaded again: no new execution
+        # the same S3 event again: no new execution
         marker = f"{incoming_prefix('a')}_SUCCESS"
         assert pipeline.deliver(s3_event(aws.bucket, marker, 0))["duplicates"] == ["a"]
-        assert pipeline.deliver(s3_event(aws.bucket, pipeline.upload(source, "a"), 0))[
-            "duplicates"
-        ] == ["a"]
+        # the whole batch uploaded again: it runs as a-replay-1, is recognised as applied and
+        # settled into archive/ again; every item identical
+        started = pipeline.deliver(s3_event(aws.bucket, pipeline.upload(source, "a"), 0))
+        assert started["started"] == ["a-replay-1"]
+        assert pipeline.wait(pipeline.execution_arn("a-replay-1"))["status"] == "SUCCEEDED"
+        assert aws.store.get_json(kpi_result_key("a")) == result_after_a
+        assert aws.store.list(incoming_prefix("a")) == []
         assert _tables(aws, tmp_path / "t2") == once
 
-        # re-run by hand: validated again, KPIs recognised as applied, every item identical
+        # re-run by hand (the files put back in incoming/ first, their marker's event not
+        # delivered): validated again, KPIs recognised as applied, every item identical
+        pipeline.upload(source, "a")
         assert rerun_by_hand("a", "a-rerun") == "SUCCEEDED"
         assert _tables(aws, tmp_path / "t3") == once
         assert aws.store.get_json(kpi_result_key("a")) == result_after_a
@@ -218,7 +224,7 @@ def test_replays_change_nothing_and_corrections_and_crashed_runs_converge(spark,
         assert all(rows == ids for rows, ids in counts.values()), counts
         assert aws.store.list(curated_journal_key()) == []
         notices = [n["message"] for n in aws.notifications()]
-        assert [n["status"] for n in notices] == ["SUCCEEDED"] * 5
+        assert [n["status"] for n in notices] == ["SUCCEEDED"] * 6
 
 
 # --- DynamoDB failing in the middle of the KPI write --------------------------------------------

@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from ecom_pipeline.contract import DATASET_ORDER
 from ecom_pipeline.orchestration import (
     DEFAULT_INCOMING_PREFIX,
     KPI_RETRY_WAIT_S,
+    EmptyBatchError,
     S3ObjectEvent,
     batch_of_marker,
     execution_arn,
@@ -234,13 +236,17 @@ def test_plan_execution_carries_the_marker_time():
     assert parse_s3_event(event)[0].event_time == received
 
 
-def test_plan_execution_empty_batch_lists_all_datasets_absent():
-    plan = plan_execution(BUCKET, "b1", [("incoming/b1/_SUCCESS", 0)])
-    assert plan["datasets"] == {
-        name: {"present": False, "bytes": 0, "files": 0} for name in DATASET_ORDER
-    }
-    assert plan["total_bytes"] == 0
-    assert plan["unrecognised_files"] == []
+def test_plan_execution_refuses_a_batch_of_markers_only():
+    with pytest.raises(EmptyBatchError, match="holds no dataset file"):
+        plan_execution(BUCKET, "b1", [("incoming/b1/_SUCCESS", 0)])
+    # one dataset is enough; the others are planned absent
+    plan = plan_execution(
+        BUCKET, "b1", [("incoming/b1/_SUCCESS", 0), ("incoming/b1/orders.csv", 9)]
+    )
+    assert [name for name, entry in plan["datasets"].items() if entry["present"]] == ["orders"]
+    # unrecognised files alone are the intake's to refuse, with their names
+    plan = plan_execution(BUCKET, "b1", [("incoming/b1/notes.txt", 1)])
+    assert plan["unrecognised_files"] == ["incoming/b1/notes.txt"]
 
 
 def test_plan_execution_refuses_objects_of_other_batches():
@@ -670,6 +676,52 @@ def test_a_manifest_that_cannot_be_planned_is_refused_with_a_notice(aws, trigger
         assert "max_batch_bytes" not in notice
     assert "orders/orders_part9.csv" in notices["m1"]["error"]
     assert "not valid JSON" in notices["m2"]["error"]
+
+
+def test_a_batch_of_markers_only_is_refused_with_a_notice(aws, trigger, monkeypatch):
+    topic, sqs, queue = _inbox()
+    monkeypatch.setenv("NOTIFY_TOPIC_ARN", topic)
+    aws.put("incoming/e1/_SUCCESS")
+    result = trigger.handler(s3_event("incoming/e1/_SUCCESS"), FakeContext())
+    assert result["refused"] == ["e1"]
+    assert aws.executions() == []
+    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    notice = json.loads(json.loads(message["Body"])["Message"])
+    assert (notice["status"], notice["stage"], notice["batch_id"]) == ("FAILED", "intake", "e1")
+    assert notice["rule"] == "batch holds dataset files"
+    assert "holds no dataset file in s3://" in notice["error"]
+
+
+def test_a_batch_uploaded_again_after_its_execution_began_runs_as_the_next_replay(
+    aws, trigger, capsys
+):
+    """The same event again is a duplicate; the marker stored again after the last execution
+    began is a new upload: it starts <name>-replay-<n> (never while one is running)."""
+    upload_batch(aws, "b1", BATCH_FILES)
+    aws.put("incoming/b1/_SUCCESS")
+    event = s3_event("incoming/b1/_SUCCESS")
+    assert trigger.handler(event, FakeContext())["started"] == ["b1"]
+    aws.put("incoming/b1/_SUCCESS")  # uploaded again while b1 runs: it will settle the folder
+    assert trigger.handler(event, FakeContext())["duplicates"] == ["b1"]
+    aws.sfn.stop_execution(executionArn=execution_arn(aws.state_machine_arn, "b1"))
+    assert trigger.handler(event, FakeContext())["duplicates"] == ["b1"]  # stored before b1 began
+
+    time.sleep(1.1)  # S3's LastModified has whole seconds
+    aws.put("incoming/b1/orders/orders_part3.csv", "o")
+    aws.put("incoming/b1/_SUCCESS")
+    assert trigger.handler(event, FakeContext())["started"] == ["b1-replay-1"]
+    assert aws.execution_input("b1-replay-1")["datasets"]["orders"]["files"] == 3
+    assert trigger.handler(event, FakeContext())["duplicates"] == ["b1"]  # the replay runs
+    aws.sfn.stop_execution(executionArn=execution_arn(aws.state_machine_arn, "b1-replay-1"))
+    assert trigger.handler(event, FakeContext())["duplicates"] == ["b1"]
+    assert sorted(e["name"] for e in aws.executions()) == ["b1", "b1-replay-1"]
+    reasons = [line["reason"] for line in log_lines(capsys.readouterr().out) if "reason" in line]
+    assert reasons == [
+        "execution b1 is running",
+        "execution b1 exists (ABORTED)",
+        "execution b1-replay-1 is running",
+        "execution b1-replay-1 exists (ABORTED)",
+    ]
 
 
 def test_too_large_batch_is_logged_and_raised(aws, trigger, monkeypatch, capsys):

@@ -444,7 +444,7 @@ def test_failed_batch_changes_nothing_and_later_batches_still_run(spark, tmp_pat
     assert categories == expected_categories
 
 
-def test_duplicate_event_and_reuploaded_marker_start_nothing_new(spark, tmp_path):
+def test_duplicate_event_starts_nothing_and_a_bare_marker_is_refused(spark, tmp_path):
     source = tmp_path / "source"
     generate(source, 20, seed=5, days=3, products=10)
     with LocalAws() as aws, local_ecs(InProcessRunner()):
@@ -460,8 +460,16 @@ def test_duplicate_event_and_reuploaded_marker_start_nothing_new(spark, tmp_path
         arn = pipeline.execution_arn(first["started"][0])
         assert pipeline.wait(arn)["status"] == "SUCCEEDED"
         assert pipeline.deliver(event)["duplicates"] == first["started"]  # the same event again
-        marker = pipeline.upload(source, "dup")  # the marker uploaded again
-        assert pipeline.deliver(s3_event(aws.bucket, marker, 0))["duplicates"] == first["started"]
+        # the marker alone uploaded again (the files are in archive/): refused with a notice
+        aws.client("s3").put_object(Bucket=aws.bucket, Key=marker, Body=b"")
+        assert pipeline.deliver(s3_event(aws.bucket, marker, 0))["refused"] == ["dup"]
+        notice = aws.notifications()[-1]["message"]
+        assert (notice["status"], notice["stage"], notice["batch_id"]) == (
+            "FAILED",
+            "intake",
+            "dup",
+        )
+        assert "holds no dataset file" in notice["error"]
         executions = pipeline.sfn.list_executions(stateMachineArn=pipeline.state_machine_arn)
         assert len(executions["executions"]) == 1
 
@@ -486,7 +494,7 @@ def test_kpi_task_failure_is_caught_notified_and_writes_nothing(spark, tmp_path)
     notice = summary.outcomes[0].notice
     assert notice["stage"] == "kpis"
     assert notice["error"]["Error"] == "States.TaskFailed"
-    assert '"ExitCode": 137' in notice["error"]["Cause"]
+    assert '"ExitCode":137' in notice["error"]["Cause"]
     assert summary.exported == {CATEGORY_TABLE: 0, ORDER_TABLE: 0}
     # the overrides the state machine sent reached the container: command and tier settings
     commands = [call[0][0] for call in runner.calls]

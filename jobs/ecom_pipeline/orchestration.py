@@ -1,8 +1,8 @@
 """Planning a pipeline run from S3 events: which batch is complete and what to start for it.
 
-Pure functions, no AWS and no Spark: the trigger Lambda ships this module with ``contract.py``
-and ``tiers.py`` only, so it must import nothing else from the package (``storage.py`` pulls in
-boto3 settings, the jobs pull in pyspark).
+Pure functions, no Spark, and AWS only through a client passed in: the trigger Lambda ships
+this module with ``contract.py`` and ``tiers.py`` only, so it must import nothing else from the
+package (``storage.py`` pulls in boto3 settings, the jobs pull in pyspark).
 
 A batch is the folder ``incoming/<batch_id>/``. It is complete when its marker arrives, either
 ``_SUCCESS`` (plan every file of the folder) or ``manifest.json`` (plan the files it lists).
@@ -44,6 +44,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 class ManifestError(ValueError):
     """A batch's manifest.json that cannot be planned (not JSON of the right shape, or listing
     files the batch does not hold): the batch is refused, as the data's fault."""
+
+
+class EmptyBatchError(ValueError):
+    """A complete batch holding no file at all besides its marker: nothing to validate."""
+
+
+# The rule such a batch breaks, in its FAILED intake notice.
+EMPTY_BATCH_RULE = "batch holds dataset files"
 
 
 @dataclass(frozen=True)
@@ -209,7 +217,8 @@ def plan_execution(
     ``manifest_files`` (from ``read_manifest``) only those files are planned and each must be in
     ``objects``. ``route`` says where the jobs run (``tiers.ECS_ROUTE``: Fargate tasks sized by
     ``tier``; ``tiers.EMR_ROUTE``: EMR Serverless job runs, for batches above the largest Fargate
-    tier). Raises tiers.BatchTooLargeError when the batch's dataset files hold more than
+    tier). Raises EmptyBatchError when the batch holds nothing but markers, and
+    tiers.BatchTooLargeError when the batch's dataset files hold more than
     ``max_batch_bytes`` (default: tiers.default_max_batch_bytes()) or no tier takes it.
     """
     if not is_safe_batch_id(batch_id):
@@ -250,6 +259,11 @@ def plan_execution(
         entry["files"] += 1
         entry["bytes"] += sizes[relative]
 
+    if not unrecognised and not any(entry["present"] for entry in datasets.values()):
+        raise EmptyBatchError(
+            f"batch {batch_id!r} holds no dataset file in s3://{bucket}/{folder} besides its "
+            "marker (expected products*.csv, orders*.csv, order_items*.csv); nothing was started"
+        )
     total_bytes = sum(entry["bytes"] for entry in datasets.values())
     limit = default_max_batch_bytes() if max_batch_bytes is None else max_batch_bytes
     if total_bytes > limit:
@@ -271,6 +285,25 @@ def plan_execution(
         "received_at": received_at or "",
         "kpi_retry_wait_s": kpi_retry_wait_s,
     }
+
+
+MAX_REPLAYS = 1000
+
+
+def batch_executions(sfn: Any, state_machine_arn: str, batch_id: str) -> list[tuple[str, str]]:
+    """(name, status) of the batch's execution and its replays, oldest first (``sfn``: a
+    Step Functions client; one DescribeExecution per execution, plus one)."""
+    found = []
+    names = [execution_name(batch_id)] + [
+        replay_execution_name(batch_id, n) for n in range(1, MAX_REPLAYS + 1)
+    ]
+    for name in names:
+        try:
+            described = sfn.describe_execution(executionArn=execution_arn(state_machine_arn, name))
+        except sfn.exceptions.ExecutionDoesNotExist:
+            break
+        found.append((name, described["status"]))
+    return found
 
 
 def kpi_retry_wait_from(environ: Mapping[str, str]) -> int:

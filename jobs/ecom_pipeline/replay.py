@@ -26,6 +26,8 @@ from ecom_pipeline.custody import move_objects
 from ecom_pipeline.orchestration import (
     KPI_RETRY_WAIT_S,
     MANIFEST_MARKER,
+    EmptyBatchError,
+    batch_executions,
     execution_arn,
     execution_name,
     is_safe_batch_id,
@@ -44,7 +46,6 @@ from ecom_pipeline.storage import (
 )
 
 log = logging.getLogger(__name__)
-MAX_REPLAYS = 1000
 
 
 class ReplayRefusedError(Exception):
@@ -62,21 +63,6 @@ class ReplayResult:
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
-
-
-def batch_executions(sfn: Any, state_machine_arn: str, batch_id: str) -> list[tuple[str, str]]:
-    """(name, status) of the batch's execution and its replays, oldest first."""
-    found = []
-    names = [execution_name(batch_id)] + [
-        replay_execution_name(batch_id, n) for n in range(1, MAX_REPLAYS + 1)
-    ]
-    for name in names:
-        try:
-            described = sfn.describe_execution(executionArn=execution_arn(state_machine_arn, name))
-        except sfn.exceptions.ExecutionDoesNotExist:
-            break
-        found.append((name, described["status"]))
-    return found
 
 
 def _restore(store: BucketStore, batch_id: str, result: ReplayResult) -> None:
@@ -137,15 +123,18 @@ def replay_batch(
     if any(key == folder + MANIFEST_MARKER for key, _ in objects):
         manifest = store.get_bytes(folder + MANIFEST_MARKER)
         manifest_files = read_manifest(manifest.decode("utf-8-sig"))
-    plan = plan_execution(
-        store.bucket,
-        batch_id,
-        objects,
-        manifest_files=manifest_files,
-        incoming_prefix=INCOMING,
-        received_at=received_at or datetime.now(UTC).isoformat(timespec="milliseconds"),
-        kpi_retry_wait_s=kpi_retry_wait_s,
-    )
+    try:
+        plan = plan_execution(
+            store.bucket,
+            batch_id,
+            objects,
+            manifest_files=manifest_files,
+            incoming_prefix=INCOMING,
+            received_at=received_at or datetime.now(UTC).isoformat(timespec="milliseconds"),
+            kpi_retry_wait_s=kpi_retry_wait_s,
+        )
+    except EmptyBatchError as e:
+        raise ReplayRefusedError(str(e)) from e
     try:
         sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(plan))
     except sfn.exceptions.ExecutionAlreadyExists as e:
