@@ -170,6 +170,15 @@ def _run_task(
     return task
 
 
+def _choice_all(conditions: list[dict[str, Any]], next_state: str, *, default: str) -> dict:
+    """A Choice going to ``next_state`` when every condition holds, else to ``default``."""
+    return {
+        "Type": "Choice",
+        "Choices": [{"And": conditions, "Next": next_state}],
+        "Default": default,
+    }
+
+
 def _prefix_of(root: str) -> str:
     """The batch's folder under ``root`` as an s3:// URI, for the notices."""
     return f"States.Format('s3://${{DataBucket}}/{root}/{{}}/', $.batch_id)"
@@ -457,19 +466,14 @@ def build_definition() -> dict[str, Any]:
         # The container ran and exited non-zero: the Cause is the stopped task as JSON text.
         # Choice states read it with string patterns, because a Pass state parsing it could not
         # Catch a Cause that is not JSON and the execution would end without a notice.
-        "KpiFailureHasCause": {
-            "Type": "Choice",
-            "Choices": [
-                {
-                    "And": [
-                        {"Variable": "$.error.Cause", "IsPresent": True},
-                        {"Variable": "$.error.Cause", "IsString": True},
-                    ],
-                    "Next": "KpiRetryable",
-                }
+        "KpiFailureHasCause": _choice_all(
+            [
+                {"Variable": "$.error.Cause", "IsPresent": True},
+                {"Variable": "$.error.Cause", "IsString": True},
             ],
-            "Default": "KpiFailureNotice",
-        },
+            "KpiRetryable",
+            default="KpiFailureNotice",
+        ),
         "KpiRetryable": {
             "Type": "Choice",
             "Choices": [
@@ -610,19 +614,14 @@ def build_definition() -> dict[str, Any]:
             },
             # A rule failed: the data's fault, the files go to rejected/. Only errors (a task
             # crashed, AWS failed): they stay in incoming/ to be replayed.
-            "RejectedByValidation": {
-                "Type": "Choice",
-                "Choices": [
-                    {
-                        "And": [
-                            {"Variable": "$.summary.failed", "IsPresent": True},
-                            {"Variable": "$.summary.failed", "BooleanEquals": True},
-                        ],
-                        "Next": "ValidationMoveFiles",
-                    }
+            "RejectedByValidation": _choice_all(
+                [
+                    {"Variable": "$.summary.failed", "IsPresent": True},
+                    {"Variable": "$.summary.failed", "BooleanEquals": True},
                 ],
-                "Default": "ValidationKeptForReplay",
-            },
+                "ValidationMoveFiles",
+                default="ValidationKeptForReplay",
+            ),
             **_move_states("Validation", "rejected", "validation", "PublishValidationFailure"),
             **_kept_for_replay("ValidationKeptForReplay", "PublishValidationFailure"),
             "PublishValidationFailure": _publish("$.notice", "ValidationFailed"),
