@@ -355,7 +355,7 @@ def test_s3_error_while_archiving_fails_notified_loses_nothing_and_replay_finish
         assert notice["kpis_written"] is True
         assert notice["error"]["Error"] == "States.TaskFailed"
         assert (
-            '"Command": ["move-batch", "--batch-id", "a1", "--to", "archive"]'
+            '"Command":["move-batch","--batch-id","a1","--to","archive"]'
             in (notice["error"]["Cause"])
         )
         assert notice["custody"]["moved"] is False
