@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import pytest
@@ -16,6 +17,8 @@ from ecom_pipeline.contract import (
     CATEGORY_TABLE,
     CATEGORY_TABLE_KEY,
     KEY_ATTRIBUTE_TYPES,
+    LOCK_TABLE,
+    LOCK_TABLE_KEY,
     ORDER_BY_MONTH_INDEX,
     ORDER_MONTH_ATTRIBUTE,
     ORDER_TABLE,
@@ -33,6 +36,7 @@ from ecom_pipeline.dynamo import (
     write_partition,
 )
 from ecom_pipeline.local_aws import LocalAws
+from ecom_pipeline.lock import Lease, LockLostError
 
 # --- AttributeValues ---------------------------------------------------------------------------
 
@@ -341,6 +345,30 @@ def test_write_partition_stops_at_a_duplicate_key():
     assert result.unprocessed == 6
 
 
+def test_write_partition_checks_the_lease_before_each_request_and_stops_when_it_is_gone():
+    client = _ScriptedClient()
+    checks = []
+
+    def guard(checked_client):
+        assert checked_client is client
+        checks.append(len(client.calls))
+        if len(checks) == 2:
+            raise LockLostError("lease on 'curated-store' is no longer ours (held by batch b2)")
+
+    result = write_partition(
+        _order_rows(61),
+        client_factory=lambda: client,
+        table=ORDER_TABLE,
+        key=ORDER_TABLE_KEY,
+        guard=guard,
+    )
+    assert checks == [0, 1]  # before the first request and before the second
+    assert [len(call) for call in client.calls] == [25]
+    assert (result.written, result.unprocessed) == (25, 36)
+    assert "held by batch b2" in result.lease_lost
+    assert client.closed
+
+
 def test_write_partition_counts_rows_left_unwritten_when_dynamodb_gives_up():
     client = _ScriptedClient(always_unprocessed=True)
     result = write_partition(
@@ -530,6 +558,31 @@ def test_unknown_table_needs_an_explicit_key(aws, spark):
     df = spark.createDataFrame([("a",)], "id string")
     with pytest.raises(ValueError, match="unknown table"):
         write_items(df, "some-other-table", aws.settings)
+
+
+def test_writers_stop_when_the_lease_is_taken_over_or_has_expired(aws, tables, category_df):
+    client = aws.client("dynamodb")
+    ours = Lease(client, "guard-test", holder={"batch_id": "b1"}, lease_s=60)
+    assert ours.try_acquire()
+    assert write_items(category_df, CATEGORY_TABLE, aws.settings, guard=ours.guard()) == N_ROWS
+    assert delete_keys(category_df, CATEGORY_TABLE, aws.settings, guard=ours.guard()) == N_ROWS
+    assert _scan(aws, CATEGORY_TABLE) == []
+
+    # we stalled past our lease and batch b2 took the lock over: not one more request
+    later = Lease(client, "guard-test", holder={"batch_id": "b2"}, clock=lambda: time.time() + 600)
+    assert later.try_acquire()
+    with pytest.raises(LockLostError, match=r"held by batch b2.*0 item\(s\) of table"):
+        write_items(category_df, CATEGORY_TABLE, aws.settings, guard=ours.guard())
+    assert _scan(aws, CATEGORY_TABLE) == []
+
+    # still ours, but expired by the executors' clock (nobody renewed it): refused too
+    stale = Lease(client, "guard-test-2", lease_s=60, clock=lambda: time.time() - 600)
+    assert stale.try_acquire()
+    with pytest.raises(LockLostError, match="no longer ours"):
+        write_items(category_df, CATEGORY_TABLE, aws.settings, guard=stale.guard())
+    assert _scan(aws, CATEGORY_TABLE) == []
+    for lock_id in ("guard-test", "guard-test-2"):
+        client.delete_item(TableName=LOCK_TABLE, Key={LOCK_TABLE_KEY[0]: {"S": lock_id}})
 
 
 def test_executor_errors_reach_the_driver(aws, spark):

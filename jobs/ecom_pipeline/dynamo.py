@@ -32,6 +32,7 @@ from ecom_pipeline.contract import (
     ORDER_TABLE,
     ORDER_TABLE_KEY,
 )
+from ecom_pipeline.lock import LockLostError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -246,6 +247,7 @@ class PartitionResult:
     written: int = 0
     unprocessed: int = 0
     duplicates: list[tuple[Any, ...]] = field(default_factory=list)
+    lease_lost: str | None = None  # the guard's message, when it stopped the partition
 
 
 def _request(kind: str, item: dict[str, Any]) -> dict[str, Any]:
@@ -265,12 +267,14 @@ def write_partition(
     base_delay: float = 0.05,
     sleep: Callable[[float], Any] = time.sleep,
     rng: Callable[[], float] = random.random,
+    guard: Callable[[Any], None] | None = None,
 ) -> PartitionResult:
     """Send one partition's rows as ``kind`` ("PutRequest" or "DeleteRequest") batches of 25.
 
-    The client is only created when there is something to send. A key met twice in the
-    partition, or DynamoDB leaving items unprocessed, stops the partition: nothing more is sent,
-    and the rows not written are counted in ``unprocessed``.
+    The client is only created when there is something to send. ``guard(client)``, when given,
+    runs before each request and raises lock.LockLostError when the writer's lease is gone. A
+    key met twice in the partition, DynamoDB leaving items unprocessed, or the guard stops the
+    partition: nothing more is sent, and the rows not written are counted in ``unprocessed``.
     """
     if kind not in ("PutRequest", "DeleteRequest"):
         raise ValueError(f"unknown request kind {kind!r}")
@@ -284,6 +288,8 @@ def write_partition(
         nonlocal client
         if client is None:
             client = client_factory()
+        if guard is not None:
+            guard(client)
         send_batch(
             client,
             table,
@@ -319,6 +325,9 @@ def write_partition(
     except DynamoWriteError as error:
         result.written += len(batch) - error.unprocessed
         result.unprocessed += error.unprocessed + sum(1 for _ in iterator)
+    except LockLostError as error:
+        result.lease_lost = str(error)
+        result.unprocessed += len(batch) + sum(1 for _ in iterator)
     finally:
         if client is not None:
             client.close()
@@ -343,11 +352,13 @@ def _run(
     kind: str,
     max_attempts: int,
     base_delay: float,
+    guard: Callable[[Any], None] | None,
 ) -> int:
     sc = df.sparkSession.sparkContext
     written = sc.accumulator(0)
     unprocessed = sc.accumulator(0)
     duplicates = sc.accumulator([], _ListParam())
+    lease_lost = sc.accumulator([], _ListParam())
     key = tuple(key)
 
     def send_partition(rows: Iterable[Any]) -> None:
@@ -359,12 +370,19 @@ def _run(
             kind=kind,
             max_attempts=max_attempts,
             base_delay=base_delay,
+            guard=guard,
         )
         written.add(result.written)
         unprocessed.add(result.unprocessed)
         duplicates.add(result.duplicates)
+        lease_lost.add([result.lease_lost] if result.lease_lost else [])
 
     df.foreachPartition(send_partition)
+    if lease_lost.value:
+        raise LockLostError(
+            f"{lease_lost.value[0]} ({written.value} item(s) of table {table!r} written, "
+            f"{unprocessed.value} not)"
+        )
     if duplicates.value:
         raise DuplicateKeyError(table, duplicates.value)
     if unprocessed.value:
@@ -387,6 +405,7 @@ def write_items(
     key: Sequence[str] | None = None,
     max_attempts: int = 8,
     base_delay: float = 0.05,
+    guard: Callable[[Any], None] | None = None,
 ) -> int:
     """Put every row of ``df`` as an item of ``table``; returns the number of items written.
 
@@ -395,7 +414,8 @@ def write_items(
     one row per key: a key repeated within a partition raises :class:`DuplicateKeyError` (a
     repeat across partitions cannot be seen there and the last write wins). Raises
     :class:`DynamoWriteError` when items stay unprocessed after ``max_attempts``. Putting the
-    same rows again leaves the table unchanged.
+    same rows again leaves the table unchanged. With ``guard`` (lock.LeaseGuard), each request
+    is sent only while the writer's lease holds; else lock.LockLostError, nothing more sent.
     """
     key = tuple(key) if key is not None else table_key(table)
     _check_columns(df, table, key)
@@ -407,6 +427,7 @@ def write_items(
         kind="PutRequest",
         max_attempts=max_attempts,
         base_delay=base_delay,
+        guard=guard,
     )
 
 
@@ -418,11 +439,12 @@ def delete_keys(
     key: Sequence[str] | None = None,
     max_attempts: int = 8,
     base_delay: float = 0.05,
+    guard: Callable[[Any], None] | None = None,
 ) -> int:
     """Delete the item of every key in ``df`` (its key columns; others are ignored).
 
     Returns the number of delete requests sent (DynamoDB does not say which keys existed).
-    Same batching, retries and errors as :func:`write_items`.
+    Same batching, retries, guard and errors as :func:`write_items`.
     """
     key = tuple(key) if key is not None else table_key(table)
     _check_columns(df, table, key)
@@ -434,4 +456,5 @@ def delete_keys(
         kind="DeleteRequest",
         max_attempts=max_attempts,
         base_delay=base_delay,
+        guard=guard,
     )

@@ -282,15 +282,17 @@ def _compute_locked(
         fields["dates"] = len(changes.dates)
     lease.ensure_held()
     with _timed(report, "write KPIs") as fields:
+        # every write request first checks the lease, so a run stalled past it stops there
+        guard = lease.guard()
         report.category_items_written = write_items(
-            changes.category_items, config.category_table, config.aws
+            changes.category_items, config.category_table, config.aws, guard=guard
         )
         report.order_items_written = write_items(
-            with_order_month(changes.order_items), config.order_table, config.aws
+            with_order_month(changes.order_items), config.order_table, config.aws, guard=guard
         )
         report.items_deleted = delete_keys(
-            changes.category_deletes, config.category_table, config.aws
-        ) + delete_keys(changes.order_deletes, config.order_table, config.aws)
+            changes.category_deletes, config.category_table, config.aws, guard=guard
+        ) + delete_keys(changes.order_deletes, config.order_table, config.aws, guard=guard)
         fields.update(
             category_items=report.category_items_written,
             order_items=report.order_items_written,

@@ -13,7 +13,7 @@ written:
 - renew: a thread pushes ``expires_at`` forward every ``lease_s / 3`` with a conditional
   ``UpdateItem`` on our owner id; a lease taken over meanwhile (we were stalled past the
   expiry) is noticed there and :meth:`Lease.ensure_held` raises :class:`LockLostError` before
-  the next write;
+  the next step, and the KPI writers' :class:`LeaseGuard` before their next write request;
 - release: a conditional ``DeleteItem`` on our owner id, in ``finally``. A run that dies without
   releasing leaves an item that expires after ``lease_s``: the next run takes it over (and the
   table's TTL removes it eventually).
@@ -48,6 +48,33 @@ class LockTimeoutError(RuntimeError):
 
 class LockLostError(RuntimeError):
     """Our lease expired and was taken over: stop before writing anything more (exit code 4)."""
+
+
+@dataclass(frozen=True)
+class LeaseGuard:
+    """A picklable check, run by the KPI writers on the executors before each write request,
+    that the lease is still ours and unexpired (one consistent ``GetItem`` of the lock item).
+
+    It narrows the window of a run stalled past its lease to one request in flight, where
+    :meth:`Lease.ensure_held` between the job's steps leaves a whole step."""
+
+    table: str
+    lock_id: str
+    owner: str
+
+    def __call__(self, client: Any) -> None:
+        """Raises LockLostError unless the lease is ours and unexpired."""
+        item = client.get_item(
+            TableName=self.table, Key={LOCK_TABLE_KEY[0]: {"S": self.lock_id}}, ConsistentRead=True
+        ).get("Item", {})
+        owner = item.get("owner", {}).get("S")
+        expires = float(item.get(LOCK_EXPIRY_ATTRIBUTE, {}).get("N", "0"))
+        if owner != self.owner or expires <= time.time():
+            holder = {name: next(iter(value.values())) for name, value in item.items()}
+            raise LockLostError(
+                f"lease on {self.lock_id!r} is no longer ours (held by {_describe(holder)}); "
+                "stopping before the next write"
+            )
 
 
 def lock_table_definition(table: str = LOCK_TABLE) -> dict[str, Any]:
@@ -120,6 +147,10 @@ class Lease:
             raise
         self._held = True
         return True
+
+    def guard(self) -> LeaseGuard:
+        """The check the executors run before each write request (see LeaseGuard)."""
+        return LeaseGuard(self.table, self.lock_id, self.owner)
 
     def current_holder(self) -> dict[str, str]:
         """The lock item as it is now (strings), or {} if free."""
