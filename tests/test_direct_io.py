@@ -5,23 +5,35 @@ read in place end with the same specific error as when staged through local disk
 from __future__ import annotations
 
 import gzip
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
 
 from ecom_pipeline.cli import main
 from ecom_pipeline.config import ConfigError, PipelineConfig
-from ecom_pipeline.contract import ExitCode
-from ecom_pipeline.ingest import HEAD_BYTES, DataFile, invalid_utf8_lines, unreadable_reasons
+from ecom_pipeline.contract import DATASETS, ExitCode
+from ecom_pipeline.curated import Tables
+from ecom_pipeline.ingest import (
+    HEAD_BYTES,
+    DataFile,
+    invalid_utf8_lines,
+    typed_schema,
+    unreadable_reasons,
+)
+from ecom_pipeline.kpi_job import KpiPlan, _replace_curated_in_place, recover_curated
 from ecom_pipeline.local_aws import LocalAws
 from ecom_pipeline.storage import (
+    CURATED_GENERATIONS,
     BucketStore,
     FileStore,
     Store,
+    curated_journal_key,
     data_keys,
     incoming_prefix,
     result_key,
 )
+from ecom_pipeline.validation import read_curated_at
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 ORDERS_HEADER = (
@@ -199,3 +211,103 @@ def test_hostile_files_read_in_place_fail_as_when_staged(case, spark, tmp_path):
     assert first["file"] == key
     # nothing of the data was staged to the driver's disk
     assert not [p for p in work.rglob("*") if p.suffix in (".csv", ".parquet")]
+
+
+def _orders(spark, rows: list[tuple[int, str, date]]):
+    """Curated orders (typed, with order_date) of (order_id, status, order_date)."""
+    schema = typed_schema(DATASETS["orders"], with_order_date=True)
+    return spark.createDataFrame(
+        [
+            (oid, 1, status, datetime(d.year, d.month, d.day, 9), None, None, None, 1, d)
+            for oid, status, d in rows
+        ],
+        schema,
+    )
+
+
+def _plan(spark, orders, dates: list[date]) -> KpiPlan:
+    items = spark.createDataFrame([], typed_schema(DATASETS["order_items"], with_order_date=True))
+    products = spark.createDataFrame([], typed_schema(DATASETS["products"]))
+    unused = spark.range(0)
+    return KpiPlan(
+        dates=dates,
+        category_items=unused,
+        category_deletes=unused,
+        order_items=unused,
+        order_deletes=unused,
+        new_state=Tables(products=products, orders=orders, items=items),
+        products_changed=False,
+    )
+
+
+def _curated_orders(spark, store: FileStore) -> set[tuple[int, str, str]]:
+    frame = read_curated_at(spark, store, DATASETS["orders"])
+    return {(r.order_id, r.status, r.order_date.isoformat()) for r in frame.collect()}
+
+
+def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path, monkeypatch):
+    """Spark writes the new partitions to the run's generation folder, the journal copies them
+    into place; a run that dies before the commit is rolled back, one that dies after it is
+    rolled forward, and no generation, journal or side file is ever taken for data."""
+    store = FileStore(tmp_path / "root")
+    d1, d2 = date(2025, 3, 1), date(2025, 3, 2)
+    _replace_curated_in_place(
+        store, _plan(spark, _orders(spark, [(1, "shipped", d1), (2, "shipped", d1)]), [d1]), "b1"
+    )
+    assert _curated_orders(spark, store) == {
+        (1, "shipped", "2025-03-01"),
+        (2, "shipped", "2025-03-01"),
+    }
+    # the next batch rewrites d1 (order 2 left it) and adds d2
+    after_b2 = {(1, "returned", "2025-03-01"), (3, "shipped", "2025-03-02")}
+    b2 = _orders(spark, [(1, "returned", d1), (3, "shipped", d2)])
+    _replace_curated_in_place(store, _plan(spark, b2, [d1, d2]), "b2")
+    assert _curated_orders(spark, store) == after_b2
+    keys = [o.key for o in store.list("curated/")]
+    assert all(k.startswith("curated/orders/order_date=") for k in data_keys(store, "curated/"))
+    assert not [k for k in keys if k.startswith(CURATED_GENERATIONS) or "_journal" in k]
+
+    # dies copying (journal "uploading"): the next run rolls back to b2's store
+    real_copy = store.copy
+    copied = []
+
+    def dies_after_one_copy(source: str, dest: str) -> None:
+        if copied:
+            raise OSError("killed")
+        copied.append(dest)
+        real_copy(source, dest)
+
+    monkeypatch.setattr(store, "copy", dies_after_one_copy)
+    b3 = _orders(spark, [(4, "shipped", d2), (5, "shipped", d2)])
+    spark.conf.set("spark.sql.files.maxRecordsPerFile", "1")  # two files: the copy dies between
+    try:
+        with pytest.raises(OSError, match="killed"):
+            _replace_curated_in_place(store, _plan(spark, b3, [d2]), "b3")
+    finally:
+        spark.conf.unset("spark.sql.files.maxRecordsPerFile")
+    assert store.get_json(curated_journal_key())["state"] == "uploading"
+    assert recover_curated(store) == "rolled back"
+    assert _curated_orders(spark, store) == after_b2
+    monkeypatch.undo()
+
+    # dies deleting the replaced objects (journal "committed"): rolled forward to b4's store
+    real_delete = store.delete
+
+    def dies_deleting_stale(keys: list[str]) -> None:
+        if any(k.startswith("curated/orders/") for k in keys):
+            raise OSError("killed")
+        real_delete(keys)
+
+    monkeypatch.setattr(store, "delete", dies_deleting_stale)
+    b4 = _orders(spark, [(6, "shipped", d2)])
+    with pytest.raises(OSError, match="killed"):
+        _replace_curated_in_place(store, _plan(spark, b4, [d2]), "b4")
+    monkeypatch.undo()
+    assert store.get_json(curated_journal_key())["state"] == "committed"
+    assert recover_curated(store) == "rolled forward"
+    assert _curated_orders(spark, store) == {
+        (1, "returned", "2025-03-01"),
+        (6, "shipped", "2025-03-02"),
+    }
+    assert store.list(CURATED_GENERATIONS) == []
+    assert store.get_json_or_none(curated_journal_key()) is None
