@@ -16,8 +16,10 @@ from ecom_pipeline.contract import DATASETS, ExitCode
 from ecom_pipeline.curated import Tables
 from ecom_pipeline.ingest import (
     HEAD_BYTES,
+    SOURCE_FILE,
     DataFile,
     invalid_utf8_lines,
+    read_raw,
     typed_schema,
     unreadable_reasons,
 )
@@ -100,6 +102,10 @@ def test_store_uris_name_the_same_objects_for_spark(spark, tmp_path):
     store.put_bytes("incoming/b/orders.csv", ORDERS_HEADER + ORDER_ROW, content_type="text/csv")
     lines = spark.read.text(store.uri("incoming/b/orders.csv")).collect()
     assert [r.value for r in lines] == [ORDERS_HEADER.decode().strip(), ORDER_ROW.decode().strip()]
+    # rows read in place name their file by its key, as rows of a downloaded copy do
+    (row,) = read_raw(spark, [_remote(store, "incoming/b/orders.csv")]).collect()
+    assert row[SOURCE_FILE] == "incoming/b/orders.csv"
+    assert row["order_id"] == "1"
     spark.range(5).write.mode("overwrite").parquet(store.uri("staging/b/x/"))
     keys = data_keys(store, "staging/b/x/")
     assert keys
@@ -122,7 +128,7 @@ def test_the_data_root_selects_direct_io():
     assert on_s3.direct_io
     assert on_s3.bucket == "b"
     assert isinstance(on_s3.store(), BucketStore)
-    assert on_s3.store().uri("k") == "s3://b/k" == on_s3.uri("k")
+    assert on_s3.store().uri("k") == "s3://b/k"
     shared = PipelineConfig.from_env({"PIPELINE_DATA_ROOT": "file:///mnt/shared/ecom"})
     assert shared.direct_io
     assert shared.store().uri("k") == "file:///mnt/shared/ecom/k"
@@ -153,6 +159,13 @@ def test_invalid_utf8_past_the_first_bytes_is_found_by_spark(spark, tmp_path):
     files = [_remote(store, "in/clean.csv"), _remote(store, "in/big.csv")]
     assert len(files[1].first_bytes) == HEAD_BYTES < files[1].file_size
     assert invalid_utf8_lines(spark, files) == {1: (60_002, 0xC3)}
+    # split into many parts (read by different tasks, in no particular order): the same line
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(256 * 1024))
+    try:
+        assert spark.read.text(files[1].location).rdd.getNumPartitions() > 5
+        assert invalid_utf8_lines(spark, files) == {1: (60_002, 0xC3)}
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
     local = DataFile(tmp_path / "local.csv", "local.csv")
     assert unreadable_reasons(spark, [*files, local]) == [
         None,

@@ -98,12 +98,6 @@ class PipelineConfig:
             return FileStore(self.data_root)
         return BucketStore(self.bucket, self.aws)
 
-    def uri(self, key: str) -> str:
-        """How people find an object: ``s3://<bucket>/<key>`` or ``file:///root/<key>``."""
-        if self.data_root is not None and self.data_root.startswith("file:"):
-            return FileStore(self.data_root).uri(key)
-        return f"s3://{self.bucket}/{key}"
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PipelineConfig:
         """Read the variables of :data:`ENVIRONMENT` (and AWS_REGION, AWS_ENDPOINT_URL) from

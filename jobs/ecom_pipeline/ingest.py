@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from urllib.parse import unquote_plus
 
 from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
@@ -277,16 +278,24 @@ def first_invalid_utf8_of(data: bytes, *, final: bool) -> tuple[int, int] | None
     return None
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(//)?")
+
+
 def _plain_path(column: Column) -> Column:
     """Spark's ``_metadata.file_path`` as a plain path: scheme stripped (file:/p, file:///p,
     s3://bucket/key), percent-decoded; :func:`_plain_location` gives the same for a file."""
     return F.url_decode(F.regexp_replace(column, "^[A-Za-z][A-Za-z0-9+.-]*:(//)?", ""))
 
 
+def _plain_uri(file_path: str) -> str:
+    """:func:`_plain_path` on the driver (``url_decode`` is Java's URLDecoder: + is a space)."""
+    return unquote_plus(_SCHEME.sub("", file_path))
+
+
 def _plain_location(data_file: DataFile) -> str:
     if data_file.uri is None:
         return str(data_file._local().resolve())
-    return re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*:(//)?", "", data_file.uri)
+    return _SCHEME.sub("", data_file.uri)
 
 
 def invalid_utf8_lines(
@@ -295,7 +304,8 @@ def invalid_utf8_lines(
     """For files Spark reads in place: index in ``files`` -> (line, byte) of the first byte
     that is not UTF-8, for the files that have one. One Spark scan of all the files as raw
     lines (``text`` keeps a line's bytes as they are; ``is_valid_utf8`` tests them on the
-    executors); only a count per file split and each bad file's first bad line (cut at
+    executors) finds the files with an invalid line; a second scan of those files only counts
+    the lines of each split; only those counts and each bad file's first bad line (cut at
     :data:`HEAD_BYTES`) reach the driver.
 
     A line's number is the lines of the splits before it plus its place in its split (rows of
@@ -303,13 +313,26 @@ def invalid_utf8_lines(
     LF, CRLF or a lone CR here; the streaming check counts LF only.
     """
     index_of = {_plain_location(f): i for i, f in enumerate(files)}
+    valid = F.is_valid_utf8("value")
+    # one pass over every file: which have an invalid line (only bad rows are aggregated)
+    bad_paths = (
+        spark.read.text([f.location for f in files])
+        .where(~valid)
+        .select(F.col("_metadata.file_path").alias("file"))
+        .distinct()
+        .collect()
+    )
+    bad = sorted({index_of[p] for p in (_plain_uri(r.file) for r in bad_paths) if p in index_of})
+    if not bad:
+        return {}
+    # then, for those files only, where their first invalid line is
     row = F.monotonically_increasing_id()
-    lines = spark.read.text([f.location for f in files]).select(
-        _plain_path(F.col("_metadata.file_path")).alias("file"),
+    lines = spark.read.text([files[i].location for i in bad]).select(
+        F.col("_metadata.file_path").alias("file"),  # made plain on the driver, once a split
         F.col("_metadata.file_block_start").alias("block"),
         row.alias("row"),
-        F.is_valid_utf8("value").alias("valid"),
-        F.substring(F.col("value").cast("binary"), 1, HEAD_BYTES).alias("bytes"),
+        valid.alias("valid"),
+        F.when(~valid, F.substring(F.col("value").cast("binary"), 1, HEAD_BYTES)).alias("bytes"),
     )
     bad_row = F.when(~F.col("valid"), F.col("row"))
     splits = (
@@ -333,7 +356,7 @@ def invalid_utf8_lines(
             data = bytes(split["bad_bytes"] or b"")
             # the LF the line ended with: a sequence cut off by it is invalid at its start
             at = first_invalid_utf8_of(data + b"\n", final=False)
-            index = index_of.get(file)
+            index = index_of.get(_plain_uri(file))
             if index is not None:
                 found[index] = (line, at[1] if at is not None else None)
             break
