@@ -5,6 +5,7 @@ read in place end with the same specific error as when staged through local disk
 from __future__ import annotations
 
 import gzip
+import itertools
 from datetime import date, datetime
 from pathlib import Path
 
@@ -282,12 +283,11 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
 
     # dies copying (journal "uploading"): the next run rolls back to b2's store
     real_copy = store.copy
-    copied = []
+    calls = itertools.count()  # copies run on several threads: next() hands out each number once
 
     def dies_after_one_copy(source: str, dest: str) -> None:
-        if copied:
+        if next(calls) >= 1:
             raise OSError("killed")
-        copied.append(dest)
         real_copy(source, dest)
 
     monkeypatch.setattr(store, "copy", dies_after_one_copy)
@@ -299,6 +299,8 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     finally:
         spark.conf.unset("spark.sql.files.maxRecordsPerFile")
     assert store.get_json(curated_journal_key())["state"] == "uploading"
+    # b2's file of d2 and the one copy of b3's that landed
+    assert len(data_keys(store, "curated/orders/order_date=2025-03-02/")) == 2
     assert recover_curated(store) == "rolled back"
     assert _curated_orders(spark, store) == after_b2
     monkeypatch.undo()

@@ -31,6 +31,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -86,6 +87,9 @@ from ecom_pipeline.storage import (
 from ecom_pipeline.validation import read_curated, read_curated_at
 
 log = logging.getLogger(__name__)
+
+# copies in flight at once when direct I/O moves a run's new curated files into place
+COPY_THREADS = 16
 
 
 @dataclass
@@ -465,8 +469,11 @@ def _replace_curated_in_place(store: Store, changes: KpiPlan, batch_id: str) -> 
         "generation": generation,
     }
     store.put_json(curated_journal_key(), journal)
-    for source, dest in copies:
-        store.copy(source, dest)
+    # Spark writes a file per task and date: copy them side by side (boto3 clients are
+    # thread-safe); the commit waits for every copy, and any failure leaves it uncommitted
+    with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
+        for done in [pool.submit(store.copy, source, dest) for source, dest in copies]:
+            done.result()
     store.put_json(curated_journal_key(), journal | {"state": "committed"})
     store.delete(stale)
     store.delete([o.key for o in store.list(generation)])
