@@ -1,6 +1,8 @@
 """The jobs on a Spark standalone cluster: a master and two workers started from pyspark's own
 launcher on 127.0.0.1, the validation and KPI jobs sent with ``spark-submit --master spark://``
-against the moto server, and the KPI tables compared with a local-mode run of the same batch."""
+in direct I/O mode (the data under a ``file://`` data root the executors read and write
+themselves; the tables, lock and topic on the moto server), and the KPI tables compared with a
+local-mode run of the same batch staged through local disk from the moto bucket."""
 
 from __future__ import annotations
 
@@ -22,7 +24,14 @@ from ecom_pipeline.cli import main
 from ecom_pipeline.contract import CATEGORY_TABLE, DATASET_ORDER, ORDER_TABLE, ExitCode
 from ecom_pipeline.generator import generate
 from ecom_pipeline.local_aws import EXPORT_FILES, LocalAws
-from ecom_pipeline.storage import incoming_prefix, kpi_result_key
+from ecom_pipeline.storage import (
+    CURATED,
+    CURATED_GENERATIONS,
+    FileStore,
+    curated_journal_key,
+    incoming_prefix,
+    kpi_result_key,
+)
 from reference_kpis import as_json_ready, kpis_from_batches
 
 pytestmark = pytest.mark.e2e
@@ -159,7 +168,9 @@ class StandaloneCluster:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
 
-    def submit(self, jobs: list[list[str]], *, work_dir: Path, aws: LocalAws) -> None:
+    def submit(
+        self, jobs: list[list[str]], *, work_dir: Path, aws: LocalAws, data_root: str
+    ) -> None:
         """Run jobs through spark-submit on the cluster, all at once (as the state machine runs
         the validations), and wait for every one to exit 0."""
         runs = []
@@ -179,6 +190,7 @@ class StandaloneCluster:
                 *job_args,
                 *("--bucket", aws.bucket, "--endpoint-url", aws.endpoint_url),
                 *("--region", aws.region, "--work-dir", str(work_dir)),
+                *("--data-root", data_root),
             ]
             log = self.root / f"submit-{len(list(self.root.glob('submit-*')))}-{i}.log"
             out = log.open("wb")
@@ -233,13 +245,25 @@ def _jobs() -> list[list[str]]:
 
 
 def test_jobs_on_a_standalone_cluster_give_the_local_mode_tables(cluster, batch, spark, tmp_path):
+    # Direct I/O on the cluster: the batch in a folder every process sees (a shared filesystem
+    # across hosts), read and written there by the executors; nothing staged by the driver.
+    shared = FileStore(tmp_path / "shared-root")
+    shared.upload_dir(batch, incoming_prefix(BATCH))
+    cluster_work = tmp_path / "cluster-work"
     with LocalAws() as aws:
-        aws.store.upload_dir(batch, incoming_prefix(BATCH))
         validations, kpis = _jobs()[:-1], _jobs()[-1:]
-        cluster.submit(validations, work_dir=tmp_path / "cluster-work", aws=aws)
-        cluster.submit(kpis, work_dir=tmp_path / "cluster-work", aws=aws)
+        root = shared.uri("")
+        cluster.submit(validations, work_dir=cluster_work, aws=aws, data_root=root)
+        cluster.submit(kpis, work_dir=cluster_work, aws=aws, data_root=root)
         on_cluster = _export(aws, tmp_path / "cluster-out")
-        cluster_report = aws.store.get_json(kpi_result_key(BATCH))
+        cluster_report = shared.get_json(kpi_result_key(BATCH))
+        assert aws.store.list("") == []  # the bucket saw no data: everything went to the root
+    staged_data = [p for p in cluster_work.rglob("*") if p.suffix in (".csv", ".parquet")]
+    assert staged_data == []
+    curated = [o.key for o in shared.list(f"{CURATED}/")]
+    assert any(k.endswith(".parquet") for k in curated)
+    assert not [k for k in curated if k.startswith(CURATED_GENERATIONS)]
+    assert curated_journal_key() not in curated
 
     # The same batch, the same commands, in local mode (this process's local[2] session).
     with LocalAws() as aws:

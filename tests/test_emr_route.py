@@ -11,7 +11,9 @@ to botocore's ``emr-serverless`` model.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import botocore.session
@@ -19,9 +21,13 @@ import pytest
 from botocore.validate import ParamValidator
 
 from ecom_pipeline import asl, emr
+from ecom_pipeline.config import ENVIRONMENT, PipelineConfig
 from ecom_pipeline.contract import DATASET_ORDER
 from ecom_pipeline.orchestration import plan_execution
+from ecom_pipeline.storage import BucketStore
 from ecom_pipeline.tiers import EMR_ROUTE, EMR_TIERS, GIB, TIERS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EMR_RESOURCE = "arn:aws:states:::emr-serverless:startJobRun.sync"
 ECS_RESOURCE = "arn:aws:states:::ecs:runTask.sync"
@@ -295,3 +301,26 @@ def test_the_validator_would_catch_a_wrong_request():
     broken = dict(request, jobDriver={"sparkSubmit": {"entrypoint": "s3://a/x.py"}})
     assert ParamValidator().validate(broken, shape).has_errors()
     assert ParamValidator().validate(dict(request, executionTimeoutMinutes="2"), shape).has_errors()
+
+
+def test_emr_job_runs_read_and_write_s3_directly_and_ecs_tasks_stage(states, big_plan):
+    """On EMR the executors run on other hosts: the driver's environment there turns direct
+    I/O on (Spark reads and writes s3:// through EMRFS); the ECS tasks keep staging."""
+    prefix = "spark.emr-serverless.driverEnv."
+    bucket = SAMPLE_VALUES["DataBucket"]
+    for ecs_name, emr_name in _job_pairs(states):
+        request = to_api_names(resolve(_fill(states[emr_name]["Parameters"]), big_plan))
+        conf = re.findall(
+            r"--conf (\S+?)=(\S+)", request["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"]
+        )
+        driver_env = {k[len(prefix) :]: v for k, v in conf if k.startswith(prefix)}
+        config = PipelineConfig.from_env(driver_env)
+        assert config.direct_io, emr_name
+        assert config.data_root == f"s3://{bucket}"
+        assert config.bucket == bucket
+        store = config.store()
+        assert isinstance(store, BucketStore)
+        assert store.uri("incoming/big/orders.csv") == f"s3://{bucket}/incoming/big/orders.csv"
+        ecs_overrides = json.dumps(states[ecs_name]["Parameters"])
+        assert ENVIRONMENT["data_root"] not in ecs_overrides, ecs_name
+    assert ENVIRONMENT["data_root"] not in (ROOT / "infra" / "template.yaml").read_text()

@@ -466,8 +466,13 @@ def test_task_definition_runs_the_pipeline_container_with_the_jobs_environment(t
     assert ref_target(container["Image"]) == "ImageUri"
     assert container["ReadonlyRootFilesystem"] is False
     env = container_env(template)
-    # the image sets PIPELINE_WORK_DIR (docker/Dockerfile); everything else comes from here
-    required = set(config.ENVIRONMENT.values()) - {config.ENVIRONMENT["work_dir"]}
+    # the image sets PIPELINE_WORK_DIR (docker/Dockerfile); the ECS tasks stage through it, so
+    # no PIPELINE_DATA_ROOT (direct I/O is the EMR job runs'); everything else comes from here
+    required = set(config.ENVIRONMENT.values()) - {
+        config.ENVIRONMENT["work_dir"],
+        config.ENVIRONMENT["data_root"],
+    }
+    assert config.ENVIRONMENT["data_root"] not in container_env(template)
     assert required <= set(env)
     assert "AWS_REGION" in env
     # every name set is one the jobs read (PipelineConfig.to_env gives them all)

@@ -32,6 +32,12 @@ def _add_aws_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--work-dir", type=Path, help="local scratch folder (default: $PIPELINE_WORK_DIR)"
     )
+    parser.add_argument(
+        "--data-root",
+        help="direct I/O: Spark reads and writes the data at this Hadoop URI, s3://BUCKET "
+        "(EMRFS) or file:///DIR (a shared filesystem), instead of staging it through "
+        "--work-dir (default: $PIPELINE_DATA_ROOT; unset: staged)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +204,7 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - imported lazily with it
         category_table=args.category_table,
         order_table=args.order_table,
         work_dir=args.work_dir,
+        data_root=args.data_root,
     )
 
 

@@ -29,7 +29,7 @@ from ecom_pipeline.contract import DATASET_ORDER, dataset_of_file
 from ecom_pipeline.orchestration import INTAKE_RULE, MARKERS
 from ecom_pipeline.storage import (
     REASON_FILE,
-    BucketStore,
+    Store,
     archive_prefix,
     incoming_prefix,
     rejected_prefix,
@@ -62,7 +62,7 @@ def _marker_last(relative: str) -> tuple[bool, str]:
     return relative in MARKERS, relative
 
 
-def verify_copy(store: BucketStore, source_key: str, dest_key: str) -> None:
+def verify_copy(store: Store, source_key: str, dest_key: str) -> None:
     """Raise CustodyError unless dest_key holds exactly the bytes of source_key."""
     source, dest = store.head(source_key), store.head(dest_key)
     if source is None or dest is None:
@@ -82,7 +82,7 @@ def verify_copy(store: BucketStore, source_key: str, dest_key: str) -> None:
 
 
 def move_objects(
-    store: BucketStore,
+    store: Store,
     source_prefix: str,
     dest_prefix: str,
     *,
@@ -117,7 +117,7 @@ def move_objects(
 
 
 def _validation_reason(
-    store: BucketStore, batch_id: str, datasets: list[str], execution_id: str | None
+    store: Store, batch_id: str, datasets: list[str], execution_id: str | None
 ) -> dict[str, Any]:
     """Per dataset of the batch: its status and failed rules in this execution."""
     reason: dict[str, Any] = {}
@@ -154,7 +154,7 @@ def _validation_reason(
 
 
 def reject_batch(
-    store: BucketStore, batch_id: str, stage: str, execution_id: str | None
+    store: Store, batch_id: str, stage: str, execution_id: str | None
 ) -> dict[str, Any]:
     """Move the batch from incoming/ to rejected/ and write rejected/<batch>/_reason.json."""
     if stage not in REJECTION_STAGES:
@@ -193,7 +193,7 @@ def reject_batch(
     return {"moved": report.moved, "reason": dest + REASON_FILE}
 
 
-def archive_batch(store: BucketStore, batch_id: str) -> dict[str, Any]:
+def archive_batch(store: Store, batch_id: str) -> dict[str, Any]:
     """Move an accepted batch from incoming/ to archive/."""
     dest = archive_prefix(batch_id)
     report = move_objects(store, incoming_prefix(batch_id), dest)
@@ -217,7 +217,7 @@ def move_batch(
     """The ``move-batch`` job: settle a batch's files (see the module docstring)."""
     logs.bind(batch_id=batch_id, job="move-batch")
     logs.unbind("dataset")
-    store = BucketStore(config.bucket, config.aws)
+    store = config.store()
     if destination == "archive":
         return archive_batch(store, batch_id)
     if destination == "rejected":

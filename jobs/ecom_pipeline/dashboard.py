@@ -29,6 +29,7 @@ from urllib.parse import quote
 from ecom_pipeline.aws import AwsSettings
 from ecom_pipeline.contract import WINDOW_DAYS
 from ecom_pipeline.query import DateRange, KpiReader, day_text
+from ecom_pipeline.storage import BucketStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -717,7 +718,7 @@ def load(
 def publish_dashboard(
     settings: AwsSettings,
     *,
-    bucket: str,
+    bucket: str | None = None,
     category_table: str,
     order_table: str,
     batch_id: str,
@@ -725,10 +726,13 @@ def publish_dashboard(
     datasets: Sequence[str] = (),
     days: int = DASHBOARD_DAYS,
     now: datetime | None = None,
+    store: Store | None = None,
 ) -> str:
-    """Read the tables, render the page, upload it to ``dashboard/index.html``; returns its URI."""
+    """Read the tables, render the page, upload it to ``dashboard/index.html`` of ``store``
+    (default: the bucket); returns its URI."""
     dynamodb = settings.client("dynamodb")
-    s3 = settings.client("s3")
+    own = BucketStore(bucket or "", settings) if store is None else None
+    target = store if own is None else own
     try:
         reader = KpiReader(dynamodb, category_table=category_table, order_table=order_table)
         orders, categories = load(reader, months, days=days)
@@ -742,17 +746,17 @@ def publish_dashboard(
                 tables=(category_table, order_table),
             )
         )
-        s3.put_object(
-            Bucket=bucket,
-            Key=DASHBOARD_KEY,
-            Body=page.encode("utf-8"),
-            ContentType="text/html; charset=utf-8",
-            CacheControl="no-cache",
+        target.put_bytes(
+            DASHBOARD_KEY,
+            page.encode("utf-8"),
+            content_type="text/html; charset=utf-8",
+            cache_control="no-cache",
         )
     finally:
         dynamodb.close()
-        s3.close()
-    uri = f"s3://{bucket}/{DASHBOARD_KEY}"
+        if own is not None:
+            own.close()
+    uri = target.uri(DASHBOARD_KEY)
     log.info(
         "dashboard published",
         extra={

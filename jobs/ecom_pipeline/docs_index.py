@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ecom_pipeline.contract import DATASETS
-from ecom_pipeline.storage import DATA_DOCS, RESULTS, BucketStore
+from ecom_pipeline.storage import DATA_DOCS, RESULTS, Store
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,13 @@ def _safe_relative(path: str) -> str | None:
     return "/".join(quote(part, safe="") for part in parts)
 
 
-def docs_link(data_docs: str | None, *, bucket: str) -> str | None:
+def docs_link(
+    data_docs: str | None, *, bucket: str | None = None, docs_uri: str | None = None
+) -> str | None:
     """``s3://<bucket>/data-docs/<batch>/<dataset>/validations/...html`` as a link relative to
-    ``data-docs/`` (``<batch>/<dataset>/validations/...html``); None if it is elsewhere."""
-    prefix = f"s3://{bucket}/{DATA_DOCS}/"
+    ``data-docs/`` (``<batch>/<dataset>/validations/...html``); None if it is elsewhere.
+    ``docs_uri`` is the store's URI of ``data-docs/`` (default: that of ``bucket``)."""
+    prefix = docs_uri or f"s3://{bucket}/{DATA_DOCS}/"
     if not data_docs or not data_docs.startswith(prefix):
         return None
     return _safe_relative(data_docs[len(prefix) :])
@@ -118,7 +121,7 @@ def _failure_item(rule: dict[str, Any]) -> str:
     )
 
 
-def _dataset_row(result: dict[str, Any], *, bucket: str) -> str:
+def _dataset_row(result: dict[str, Any], *, bucket: str | None, docs_uri: str | None) -> str:
     dataset = str(result.get("dataset", ""))
     batch_id = str(result.get("batch_id", ""))
     passed = result.get("success") is True
@@ -129,7 +132,7 @@ def _dataset_row(result: dict[str, Any], *, bucket: str) -> str:
     )
     failures = "" if passed else _failures_list(result.get("failed_rules") or [])
     links = []
-    page = docs_link(result.get("data_docs"), bucket=bucket)
+    page = docs_link(result.get("data_docs"), bucket=bucket, docs_uri=docs_uri)
     if page is not None:
         links.append(f"<a class='validation-page' href='{_text(page)}'>validation page</a>")
         site = site_link(batch_id, dataset)
@@ -156,14 +159,16 @@ def _failures_list(failed_rules: list[dict[str, Any]]) -> str:
     return f"<ul class='failures'>{items}</ul>"
 
 
-def render_index(results: list[dict[str, Any]], *, bucket: str) -> str:
+def render_index(
+    results: list[dict[str, Any]], *, bucket: str | None = None, docs_uri: str | None = None
+) -> str:
     """The index page: one section per batch, in the order batches first appear in ``results``
     (give them newest first), one row per dataset. Every value is HTML-escaped."""
     batches = _group_by_batch(results)
     sections = []
     for batch_id, rows in batches:
         passed = sum(1 for r in rows if r.get("success") is True)
-        body = "".join(_dataset_row(r, bucket=bucket) for r in rows)
+        body = "".join(_dataset_row(r, bucket=bucket, docs_uri=docs_uri) for r in rows)
         sections.append(
             f"<section class='batch' id='batch-{_text(quote(batch_id, safe=''))}' "
             f"data-batch='{_text(batch_id)}'>"
@@ -206,7 +211,7 @@ def newest_first(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(by_id, key=lambda r: latest[str(r.get("batch_id", ""))], reverse=True)
 
 
-def publish_index(store: BucketStore) -> str:
+def publish_index(store: Store) -> str:
     """Render every ``results/*/*.json`` of the bucket and upload it as ``data-docs/index.html``
     (text/html); returns that key. One listing plus one small GET per result."""
     results = []
@@ -220,7 +225,7 @@ def publish_index(store: BucketStore) -> str:
             continue
         if isinstance(document, dict):
             results.append(document)
-    page = render_index(newest_first(results), bucket=store.bucket)
+    page = render_index(newest_first(results), docs_uri=store.uri(f"{DATA_DOCS}/"))
     with tempfile.TemporaryDirectory(prefix="docs-index-") as folder:
         path = Path(folder) / "index.html"  # upload_file sets ContentType text/html from the name
         path.write_text(page, encoding="utf-8")

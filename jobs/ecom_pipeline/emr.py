@@ -12,7 +12,10 @@ command line as the ECS tasks), uploaded to ``<EmrArtifactsUri>spark_driver.py``
 and its dependencies come as a packed virtual environment, ``<EmrArtifactsUri>VENV_ARCHIVE``,
 that Spark unpacks as ``./environment`` on the driver and every executor (``spark.archives``),
 whose Python both use. The jobs read their settings (bucket, tables, topic) from the driver's
-environment (``spark.emr-serverless.driverEnv.*``), as the ECS task's environment gives them.
+environment (``spark.emr-serverless.driverEnv.*``), as the ECS task's environment gives them,
+plus ``PIPELINE_DATA_ROOT=s3://<bucket>``: the jobs run in direct I/O mode there, Spark reading and
+writing ``s3://`` itself through EMRFS (the executors run on other hosts and never see the
+driver's disk, so staging through it, the ECS tasks' mode, cannot work).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ecom_pipeline.config import ENVIRONMENT
+from ecom_pipeline.config import ENVIRONMENT, bucket_data_root
 
 DRIVER_SCRIPT = "spark_driver.py"
 VENV_ARCHIVE = "ecom-pipeline-venv.tar.gz"
@@ -55,9 +58,11 @@ def spark_submit_parameters(conf: Mapping[str, str], tier_parameters: str = "") 
 def job_environment(
     *, bucket: str, category_table: str, order_table: str, topic_arn: str, region: str
 ) -> dict[str, str]:
-    """The environment the jobs read (as the ECS task definition sets it)."""
+    """The environment the jobs read (as the ECS task definition sets it), with direct I/O on
+    the bucket (``PIPELINE_DATA_ROOT``)."""
     return {
         ENVIRONMENT["bucket"]: bucket,
+        ENVIRONMENT["data_root"]: bucket_data_root(bucket),
         ENVIRONMENT["category_table"]: category_table,
         ENVIRONMENT["order_table"]: order_table,
         ENVIRONMENT["topic_arn"]: topic_arn,

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote_plus
 
 from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
@@ -62,12 +65,60 @@ def typed_schema(dataset: Dataset, *, with_order_date: bool = False) -> StructTy
     return StructType(fields)
 
 
+# How much of a file the checks before Spark read (the whole file when it is no bigger): the
+# header, the file-level sniffing, the header-only check and, in direct I/O mode, the one ranged
+# GET per file the driver makes.
+HEAD_BYTES = 1 << 20
+_HEADER_BYTES = 1 << 16
+_CHUNK = 1 << 20
+_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
 @dataclass(frozen=True)
 class DataFile:
-    """A file of a batch: where it is on local disk and how people know it (its S3 key)."""
+    """A file of a batch: where Spark reads it and how people know it (its key).
 
-    local_path: Path
+    Staged mode: ``local_path`` is its downloaded copy. Direct I/O mode: ``uri`` is the Hadoop
+    URI Spark reads, and ``size`` and ``head`` (its first :data:`HEAD_BYTES`) came from the
+    store, so the driver never holds more of it than that.
+    """
+
+    local_path: Path | None
     name: str
+    uri: str | None = None
+    size: int | None = None
+    head: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def location(self) -> str:
+        """What Spark reads: the URI, else the local path."""
+        return self.uri if self.uri is not None else str(self.local_path)
+
+    @cached_property
+    def file_size(self) -> int:
+        return self.size if self.size is not None else self._local().stat().st_size
+
+    @cached_property
+    def first_bytes(self) -> bytes:
+        """The file's first :data:`HEAD_BYTES` (all of it when smaller)."""
+        if self.head is not None:
+            return self.head
+        with self._local().open("rb") as raw:
+            return raw.read(HEAD_BYTES)
+
+    @property
+    def complete(self) -> bool:
+        """True when :attr:`first_bytes` is the whole file."""
+        return len(self.first_bytes) >= self.file_size
+
+    @property
+    def base_name(self) -> str:
+        return PurePosixPath(self.name).name if self.local_path is None else self.local_path.name
+
+    def _local(self) -> Path:
+        if self.local_path is None:
+            raise ValueError(f"{self.name} has no local copy (direct I/O)")
+        return self.local_path
 
 
 class HeaderError(ValueError):
@@ -80,20 +131,25 @@ def read_header(path: Path) -> list[str]:
     Reads only the first record, decoding as UTF-8 with or without a BOM.
     """
     with path.open("rb") as raw:
-        head = raw.read(1 << 16)
+        return header_of(raw.read(_HEADER_BYTES), path.name)
+
+
+def header_of(head: bytes, file_name: str) -> list[str]:
+    """The header row's column names from a file's first bytes (see :func:`read_header`)."""
+    head = head[:_HEADER_BYTES]
     if not head:
         return []
     text = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
     try:
         decoded = text.decode(head, final=False)
     except UnicodeDecodeError as e:
-        raise HeaderError(f"{path.name}: header is not UTF-8 text ({e.reason})") from e
+        raise HeaderError(f"{file_name}: header is not UTF-8 text ({e.reason})") from e
     first_record = next(csv.reader(decoded.splitlines()), [])
     return [name.strip() for name in first_record]
 
 
-_CHUNK = 1 << 20
-_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+def file_header(data_file: DataFile) -> list[str]:
+    return header_of(data_file.first_bytes, data_file.base_name)
 
 
 def unreadable_reason(path: Path) -> str | None:
@@ -102,22 +158,67 @@ def unreadable_reason(path: Path) -> str | None:
     Spark would read such files anyway (invalid bytes become U+FFFD, a gzip stream becomes
     garbage rows), so they are refused before Spark sees them, with the reason spelled out.
     """
-    size = path.stat().st_size
-    if size == 0:
+    return unreadable_reasons(None, [DataFile(path, path.name)])[0]
+
+
+def unreadable_reasons(spark: SparkSession | None, files: Sequence[DataFile]) -> list[str | None]:
+    """:func:`unreadable_reason` of each file, in order, in the same order of checks: empty,
+    gzip, zip, JSON (from the first bytes), then invalid UTF-8 anywhere, then a wrong delimiter.
+
+    Invalid UTF-8 within the first :data:`HEAD_BYTES` is found there. Past them, a local file
+    is streamed on the driver (:func:`first_invalid_utf8`); a file read in place (direct I/O)
+    is scanned by Spark itself (:func:`invalid_utf8_lines`), never downloaded to the driver.
+    """
+    early: list[str | None] = []
+    invalid: dict[int, tuple[int, int | None] | None] = {}
+    remote: list[int] = []
+    for index, data_file in enumerate(files):
+        reason = _sniffed_reason(data_file)
+        early.append(reason)
+        if reason is not None:
+            continue
+        found = first_invalid_utf8_of(data_file.first_bytes, final=data_file.complete)
+        if found is None and not data_file.complete:
+            if data_file.local_path is not None:
+                found = first_invalid_utf8(data_file.local_path)
+            else:
+                remote.append(index)
+        invalid[index] = found
+    if remote:
+        if spark is None:
+            raise ValueError("checking files read in place for UTF-8 needs a SparkSession")
+        scanned = invalid_utf8_lines(spark, [files[i] for i in remote])
+        for position, index in enumerate(remote):
+            invalid[index] = scanned.get(position)
+    reasons = []
+    for index, data_file in enumerate(files):
+        if early[index] is not None:
+            reasons.append(early[index])
+            continue
+        found = invalid[index]
+        if found is not None:
+            line, byte = found
+            where = f"invalid byte 0x{byte:02x}" if byte is not None else "an invalid byte"
+            reasons.append(f"not UTF-8 text: {where} on line {line}")
+            continue
+        reasons.append(_delimiter_reason(file_header(data_file)))
+    return reasons
+
+
+def _sniffed_reason(data_file: DataFile) -> str | None:
+    if data_file.file_size == 0:
         return "the file is empty (0 bytes)"
-    with path.open("rb") as raw:
-        head = raw.read(4096)
+    head = data_file.first_bytes[:4096]
     if head.startswith(b"\x1f\x8b"):
         return "not a CSV file: gzip-compressed data (upload the uncompressed .csv)"
     if head.startswith(b"PK\x03\x04"):
         return "not a CSV file: a zip archive"
     if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):
         return "not a CSV file: it looks like JSON"
-    invalid = first_invalid_utf8(path)
-    if invalid is not None:
-        line, byte = invalid
-        return f"not UTF-8 text: invalid byte 0x{byte:02x} on line {line}"
-    header = read_header(path)
+    return None
+
+
+def _delimiter_reason(header: list[str]) -> str | None:
     if len(header) == 1:
         for delimiter, name in _DELIMITERS.items():
             if delimiter in header[0]:
@@ -130,9 +231,15 @@ def unreadable_reason(path: Path) -> str | None:
 
 def has_no_data_rows(path: Path) -> bool:
     """True for a file holding a header and nothing else (blank lines aside)."""
-    if path.stat().st_size > _CHUNK:
+    return file_has_no_data_rows(DataFile(path, path.name))
+
+
+def file_has_no_data_rows(data_file: DataFile) -> bool:
+    """:func:`has_no_data_rows` from the file's first bytes: a file bigger than
+    :data:`HEAD_BYTES` is taken to have rows (its rows are counted by the suite)."""
+    if not data_file.complete:
         return False
-    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    text = data_file.first_bytes.decode("utf-8-sig", errors="replace")
     records = [r for r in csv.reader(text.splitlines()) if any(field.strip() for field in r)]
     return len(records) <= 1
 
@@ -153,6 +260,107 @@ def first_invalid_utf8(path: Path) -> tuple[int, int] | None:
         except UnicodeDecodeError:
             return lines_before, 0
     return None
+
+
+def first_invalid_utf8_of(data: bytes, *, final: bool) -> tuple[int, int] | None:
+    """:func:`first_invalid_utf8` of bytes in memory; with ``final=False`` a sequence cut
+    off at the end is not an error (the rest of the file may complete it)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    try:
+        decoder.decode(data, final=False)
+    except UnicodeDecodeError as e:
+        return 1 + data[: e.start].count(b"\n"), data[e.start]
+    if final:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return 1 + data.count(b"\n"), 0
+    return None
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(//)?")
+
+
+def _plain_path(column: Column) -> Column:
+    """Spark's ``_metadata.file_path`` as a plain path: scheme stripped (file:/p, file:///p,
+    s3://bucket/key), percent-decoded; :func:`_plain_location` gives the same for a file."""
+    return F.url_decode(F.regexp_replace(column, "^[A-Za-z][A-Za-z0-9+.-]*:(//)?", ""))
+
+
+def _plain_uri(file_path: str) -> str:
+    """:func:`_plain_path` on the driver (``url_decode`` is Java's URLDecoder: + is a space)."""
+    return unquote_plus(_SCHEME.sub("", file_path))
+
+
+def _plain_location(data_file: DataFile) -> str:
+    if data_file.uri is None:
+        return str(data_file._local().resolve())
+    return _SCHEME.sub("", data_file.uri)
+
+
+def invalid_utf8_lines(
+    spark: SparkSession, files: Sequence[DataFile]
+) -> dict[int, tuple[int, int | None]]:
+    """For files Spark reads in place: index in ``files`` -> (line, byte) of the first byte
+    that is not UTF-8, for the files that have one. One Spark scan of all the files as raw
+    lines (``text`` keeps a line's bytes as they are; ``is_valid_utf8`` tests them on the
+    executors) finds the files with an invalid line; a second scan of those files only counts
+    the lines of each split; only those counts and each bad file's first bad line (cut at
+    :data:`HEAD_BYTES`) reach the driver.
+
+    A line's number is the lines of the splits before it plus its place in its split (rows of
+    a split are read in order and ``monotonically_increasing_id`` counts them). Lines end at
+    LF, CRLF or a lone CR here; the streaming check counts LF only.
+    """
+    index_of = {_plain_location(f): i for i, f in enumerate(files)}
+    valid = F.is_valid_utf8("value")
+    # one pass over every file: which have an invalid line (only bad rows are aggregated)
+    bad_paths = (
+        spark.read.text([f.location for f in files])
+        .where(~valid)
+        .select(F.col("_metadata.file_path").alias("file"))
+        .distinct()
+        .collect()
+    )
+    bad = sorted({index_of[p] for p in (_plain_uri(r.file) for r in bad_paths) if p in index_of})
+    if not bad:
+        return {}
+    # then, for those files only, where their first invalid line is
+    row = F.monotonically_increasing_id()
+    lines = spark.read.text([files[i].location for i in bad]).select(
+        F.col("_metadata.file_path").alias("file"),  # made plain on the driver, once a split
+        F.col("_metadata.file_block_start").alias("block"),
+        row.alias("row"),
+        valid.alias("valid"),
+        F.when(~valid, F.substring(F.col("value").cast("binary"), 1, HEAD_BYTES)).alias("bytes"),
+    )
+    bad_row = F.when(~F.col("valid"), F.col("row"))
+    splits = (
+        lines.groupBy("file", "block")
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.min("row").alias("first_row"),
+            F.min(bad_row).alias("bad_row"),
+            F.min_by(F.col("bytes"), bad_row).alias("bad_bytes"),
+        )
+        .collect()
+    )
+    found: dict[int, tuple[int, int | None]] = {}
+    for file in sorted({s["file"] for s in splits}):
+        before = 0
+        for split in sorted((s for s in splits if s["file"] == file), key=lambda s: s["block"]):
+            if split["bad_row"] is None:
+                before += split["rows"]
+                continue
+            line = before + split["bad_row"] - split["first_row"] + 1
+            data = bytes(split["bad_bytes"] or b"")
+            # the LF the line ended with: a sequence cut off by it is invalid at its start
+            at = first_invalid_utf8_of(data + b"\n", final=False)
+            index = index_of.get(_plain_uri(file))
+            if index is not None:
+                found[index] = (line, at[1] if at is not None else None)
+            break
+    return found
 
 
 def csv_reader(spark: SparkSession, schema: StructType) -> DataFrameReader:
@@ -178,7 +386,7 @@ def read_raw(spark: SparkSession, files: Sequence[DataFile]) -> DataFrame:
     """
     by_header: dict[tuple[str, ...], list[DataFile]] = {}
     for data_file in files:
-        header = tuple(read_header(data_file.local_path))
+        header = tuple(file_header(data_file))
         by_header.setdefault(header, []).append(data_file)
     frames = []
     for header, group in by_header.items():
@@ -189,17 +397,18 @@ def read_raw(spark: SparkSession, files: Sequence[DataFile]) -> DataFrame:
             + [StructField(_CORRUPT, StringType())]
         )
         names = F.create_map(
-            *[part for f in group for part in (F.lit(str(f.local_path.resolve())), F.lit(f.name))]
+            *[part for f in group for part in (F.lit(_plain_location(f)), F.lit(f.name))]
         )
-        # Spark reports file:/path or file:///path, percent-encoded; compare plain paths.
-        local_path = F.url_decode(F.regexp_replace(F.col("_metadata.file_path"), "^file:(//)?", ""))
+        # Spark reports file:/path, file:///path or s3://bucket/key, percent-encoded; compare
+        # plain paths.
+        read_path = _plain_path(F.col("_metadata.file_path"))
         frame = (
             csv_reader(spark, schema)
             .option("columnNameOfCorruptRecord", _CORRUPT)
-            .csv([str(f.local_path) for f in group])
+            .csv([f.location for f in group])
             .withColumn(
                 SOURCE_FILE,
-                F.coalesce(names[local_path], F.regexp_extract(local_path, r"([^/]+)$", 1)),
+                F.coalesce(names[read_path], F.regexp_extract(read_path, r"([^/]+)$", 1)),
             )
             .withColumnRenamed(_CORRUPT, MALFORMED_ROW)
         )

@@ -14,6 +14,12 @@ every new object is in place. A run that finds a journal (its predecessor died) 
 the store back (not committed: delete the new objects) or forward (committed: delete the
 replaced ones), so the store never holds a partition twice.
 
+In direct I/O mode (``PipelineConfig.direct_io``) Spark reads the staged and curated Parquet at
+the store's URIs and writes the new partitions itself, to a generation folder outside every
+dataset's prefix (``curated/_new/<batch>/``); the journal then lists the keys they get in the
+store, and the store copies them into place (a server-side copy on S3) before the commit. The
+rest of the protocol is the same, and nothing of the data passes through the driver's disk.
+
 A batch whose KPIs were already applied (``results/<batch>/kpis.json`` carries the same
 fingerprint of its staged rows) is not merged again: replaying it after later batches
 corrected its rows must not bring its old values back.
@@ -25,6 +31,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -67,15 +74,22 @@ from ecom_pipeline.kpis import (
 from ecom_pipeline.lock import Lease
 from ecom_pipeline.query import QueryError
 from ecom_pipeline.storage import (
-    BucketStore,
+    CURATED_GENERATIONS,
+    Store,
+    curated_generation_prefix,
     curated_journal_key,
     curated_prefix,
+    data_keys,
+    is_side_file,
     kpi_result_key,
     staging_prefix,
 )
-from ecom_pipeline.validation import read_curated
+from ecom_pipeline.validation import read_curated, read_curated_at
 
 log = logging.getLogger(__name__)
+
+# copies in flight at once when direct I/O moves a run's new curated files into place
+COPY_THREADS = 16
 
 
 @dataclass
@@ -146,23 +160,28 @@ def plan(old: Tables, batch: Batch) -> KpiPlan:
     )
 
 
-def read_batch(spark: SparkSession, store: BucketStore, batch_id: str, local: Path) -> Batch:
+def read_batch(spark: SparkSession, store: Store, batch_id: str, local: Path | None) -> Batch:
+    """The batch's staged rows: downloaded to ``local`` first, or read in place when ``local``
+    is None (direct I/O)."""
     frames: dict[str, DataFrame | None] = {}
     for name, dataset in DATASETS.items():
         prefix = staging_prefix(batch_id, name)
-        if store.list(prefix):
-            folder = store.download_prefix(prefix, local / name)
-            frames[name] = spark.read.schema(typed_schema(dataset)).parquet(str(folder))
-        else:
+        if not data_keys(store, prefix):
             frames[name] = None
+            continue
+        where = (
+            store.uri(prefix) if local is None else str(store.download_prefix(prefix, local / name))
+        )
+        frames[name] = spark.read.schema(typed_schema(dataset)).parquet(where)
     return Batch(products=frames["products"], orders=frames["orders"], items=frames["order_items"])
 
 
-def read_tables(spark: SparkSession, store: BucketStore, local: Path) -> Tables:
+def read_tables(spark: SparkSession, store: Store, local: Path | None) -> Tables:
+    """The curated store: downloaded to ``local`` first, or read in place when it is None."""
     frames = {
-        name: read_curated(
-            spark, store.download_prefix(curated_prefix(name), local / name), dataset
-        )
+        name: read_curated_at(spark, store, dataset)
+        if local is None
+        else read_curated(spark, store.download_prefix(curated_prefix(name), local / name), dataset)
         for name, dataset in DATASETS.items()
     }
     return Tables(products=frames["products"], orders=frames["orders"], items=frames["order_items"])
@@ -202,7 +221,7 @@ def compute_kpis(
     """
     logs.bind(batch_id=batch_id, job="kpis")
     logs.unbind("dataset")
-    store = BucketStore(config.bucket, config.aws)
+    store = config.store()
     report = KpiReport(batch_id=batch_id)
     started = time.perf_counter()
     lease = Lease(
@@ -243,17 +262,18 @@ def compute_kpis(
 def _compute_locked(
     spark: SparkSession,
     config: PipelineConfig,
-    store: BucketStore,
+    store: Store,
     lease: Lease,
     report: KpiReport,
 ) -> None:
     batch_id = report.batch_id
     work = config.work_dir / "kpis" / batch_id
     shutil.rmtree(work, ignore_errors=True)
+    direct = config.direct_io
     with _timed(report, "recover curated store"):
         recover_curated(store)
     with _timed(report, "read"):
-        batch = read_batch(spark, store, batch_id, work / "staged")
+        batch = read_batch(spark, store, batch_id, None if direct else work / "staged")
         if batch.products is None and batch.orders is None and batch.items is None:
             raise ValueError(f"batch {batch_id} has no validated rows under staging/{batch_id}/")
         for name, frame in zip(
@@ -275,7 +295,7 @@ def _compute_locked(
             report.dates_recomputed = previous.get("dates_recomputed", [])
             report.dashboard = previous.get("dashboard")
             return
-        old = read_tables(spark, store, work / "curated")
+        old = read_tables(spark, store, None if direct else work / "curated")
     with _timed(report, "plan") as fields:
         changes = plan(old, batch)
         report.dates_recomputed = [d.isoformat() for d in changes.dates]
@@ -298,12 +318,17 @@ def _compute_locked(
             order_items=report.order_items_written,
             deleted=report.items_deleted,
         )
+    # read from the old store before it is replaced (in direct I/O mode ``old`` reads in place)
+    months = data_months(old, changes)
     lease.ensure_held()
     with _timed(report, "update curated store"):
-        _replace_curated(store, changes, work / "new", batch_id)
+        if direct:
+            _replace_curated_in_place(store, changes, batch_id)
+        else:
+            _replace_curated(store, changes, work / "new", batch_id)
     with _timed(report, "publish dashboard"):
         datasets = [name for name in DATASET_ORDER if name in report.rows_accepted]
-        report.dashboard = _publish_dashboard(config, batch_id, old, changes, datasets)
+        report.dashboard = _publish_dashboard(config, store, batch_id, months, datasets)
 
 
 @contextmanager
@@ -317,13 +342,8 @@ def _timed(report: KpiReport, name: str) -> Iterator[dict]:
         report.step_seconds[name] = round(time.perf_counter() - started, 3)
 
 
-def _previous_report(store: BucketStore, batch_id: str) -> dict | None:
-    try:
-        return store.get_json(kpi_result_key(batch_id))
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        raise
+def _previous_report(store: Store, batch_id: str) -> dict | None:
+    return store.get_json_or_none(kpi_result_key(batch_id))
 
 
 def _metric_name(step: str) -> str:
@@ -360,7 +380,7 @@ def data_months(old: Tables, changes: KpiPlan) -> list[str]:
 
 
 def _publish_dashboard(
-    config: PipelineConfig, batch_id: str, old: Tables, changes: KpiPlan, datasets: list[str]
+    config: PipelineConfig, store: Store, batch_id: str, months: list[str], datasets: list[str]
 ) -> str | None:
     """Render and upload the dashboard from the tables just written. The KPIs are safe by now,
     so AWS trouble here is logged as an error and leaves the run successful (the next run
@@ -368,11 +388,11 @@ def _publish_dashboard(
     try:
         return publish_dashboard(
             config.aws,
-            bucket=config.bucket,
+            store=store,
             category_table=config.category_table,
             order_table=config.order_table,
             batch_id=batch_id,
-            months=data_months(old, changes),
+            months=months,
             datasets=datasets,
         )
     except (ClientError, BotoCoreError, QueryError):
@@ -391,28 +411,30 @@ def curated_parts(changes: KpiPlan) -> list[tuple[str, DataFrame, list[date] | N
     return parts
 
 
-def write_curated(frame: DataFrame, local: Path, dates: list[date] | None) -> None:
-    """Write new curated rows as Parquet to local disk (partitioned by order_date if dated)."""
+def write_curated(frame: DataFrame, local: Path | str, dates: list[date] | None) -> None:
+    """Write new curated rows as Parquet to a local folder or a URI (partitioned by order_date
+    if dated)."""
     writer = frame.write.mode("overwrite")
     if dates is not None:
         writer = writer.partitionBy("order_date")
     writer.parquet(str(local))
 
 
-def _replace_curated(store: BucketStore, changes: KpiPlan, local: Path, batch_id: str) -> None:
+def _stale_keys(store: Store, prefix: str, dates: list[date] | None) -> list[str]:
+    """The objects a rewrite of ``prefix`` (whole, or the partitions of ``dates``) replaces."""
+    if dates is None:
+        return [o.key for o in store.list(prefix)]
+    return [o.key for d in dates for o in store.list(f"{prefix}order_date={d.isoformat()}/")]
+
+
+def _replace_curated(store: Store, changes: KpiPlan, local: Path, batch_id: str) -> None:
     """Replace the affected curated partitions (and products, if the batch has any) under the
     journal: write locally, journal what comes and goes, upload, commit, delete, clear."""
     replaced: list[tuple[Path, str, list[str]]] = []  # local folder, prefix, stale keys
     for name, frame, dates in curated_parts(changes):
         prefix = curated_prefix(name)
         write_curated(frame, local / name, dates)
-        if dates is None:
-            stale = [o.key for o in store.list(prefix)]
-        else:
-            stale = [
-                o.key for d in dates for o in store.list(f"{prefix}order_date={d.isoformat()}/")
-            ]
-        replaced.append((local / name, prefix, stale))
+        replaced.append((local / name, prefix, _stale_keys(store, prefix, dates)))
     if not replaced:
         return
     uploads = [
@@ -429,15 +451,54 @@ def _replace_curated(store: BucketStore, changes: KpiPlan, local: Path, batch_id
     store.delete([curated_journal_key()])
 
 
-def recover_curated(store: BucketStore) -> str | None:
+def _replace_curated_in_place(store: Store, changes: KpiPlan, batch_id: str) -> None:
+    """:func:`_replace_curated` in direct I/O mode: Spark writes the new partitions to the run's
+    generation folder (``curated/_new/<batch>/<dataset>/``), then the journal lists the keys
+    they get under the dataset's prefix, the store copies them there, commits, deletes the
+    replaced objects and the generation, and clears the journal."""
+    # a generation a run left before it wrote its journal (it died writing) is not data: the
+    # lock is held, so no other run writes one now
+    store.delete([o.key for o in store.list(CURATED_GENERATIONS)])
+    generation = curated_generation_prefix(batch_id)
+    copies: list[tuple[str, str]] = []  # generation key -> key in the store
+    stale: list[str] = []
+    for name, frame, dates in curated_parts(changes):
+        prefix = curated_prefix(name)
+        folder = f"{generation}{name}/"
+        write_curated(frame, store.uri(folder), dates)
+        copies += [(key, prefix + key[len(folder) :]) for key in data_keys(store, folder)]
+        stale += _stale_keys(store, prefix, dates)
+    if not copies and not stale:
+        return
+    new_keys = [key for _, key in copies]
+    stale = [key for key in stale if key not in set(new_keys)]
+    journal = {
+        "batch_id": batch_id,
+        "state": "uploading",
+        "new": new_keys,
+        "stale": stale,
+        "generation": generation,
+    }
+    store.put_json(curated_journal_key(), journal)
+    # Spark writes a file per task and date: copy them side by side (boto3 clients are
+    # thread-safe); the commit waits for every copy, and any failure leaves it uncommitted
+    with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
+        for done in [pool.submit(store.copy, source, dest) for source, dest in copies]:
+            done.result()
+    store.put_json(curated_journal_key(), journal | {"state": "committed"})
+    store.delete(stale)
+    store.delete([o.key for o in store.list(generation)])
+    store.delete([curated_journal_key()])
+
+
+def recover_curated(store: Store) -> str | None:
     """Finish or undo a curated replacement a previous run left half done (see the module
     docstring); returns "rolled back", "rolled forward" or None when there was nothing to do."""
-    try:
-        journal = store.get_json(curated_journal_key())
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        raise
+    journal = store.get_json_or_none(curated_journal_key())
+    if journal is None:
+        return None
+    if journal.get("generation"):  # direct I/O: the copies' sources are not data either way
+        store.delete([o.key for o in store.list(journal["generation"])])
     if journal.get("state") == "committed":
         store.delete(journal["stale"])
         outcome = "rolled forward"
@@ -464,7 +525,7 @@ def _files(local_dir: Path, prefix: str) -> list[tuple[Path, str]]:
     files = []
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         relative = path.relative_to(local_dir).as_posix()
-        if any(part.startswith((".", "_")) for part in relative.split("/")):
+        if is_side_file(relative):
             continue
         files.append((path, prefix + relative))
     return files

@@ -2,6 +2,10 @@
 
 extract (download the batch's files, read text) -> transform (typed + diagnostic columns, pure)
 -> check (GX suite) -> load (result JSON, Data Docs, accepted rows to staging).
+
+In direct I/O mode (``PipelineConfig.direct_io``) nothing is downloaded: the driver reads each
+file's first bytes through the store for the checks before Spark, Spark reads the files at their
+URIs and writes the accepted rows to the staging URI itself.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,22 +26,24 @@ from ecom_pipeline import logs
 from ecom_pipeline.config import PipelineConfig
 from ecom_pipeline.contract import DATASETS, Dataset, dataset_of_file
 from ecom_pipeline.ingest import (
+    HEAD_BYTES,
     DataFile,
     HeaderError,
     accepted,
     expected_checkable_columns,
-    has_no_data_rows,
-    read_header,
+    file_has_no_data_rows,
+    file_header,
     read_raw,
     to_checkable,
     typed_schema,
-    unreadable_reason,
+    unreadable_reasons,
 )
 from ecom_pipeline.quality import RuleFailure, run_suite
 from ecom_pipeline.storage import (
-    BucketStore,
+    Store,
     curated_prefix,
     data_docs_prefix,
+    data_keys,
     incoming_prefix,
     result_key,
     staging_prefix,
@@ -134,24 +140,25 @@ class ValidationReport:
 
 
 def file_failures(
-    dataset: Dataset, files: list[DataFile]
+    dataset: Dataset, files: list[DataFile], spark: SparkSession | None = None
 ) -> tuple[list[RuleFailure], list[DataFile]]:
     """Per-file problems, named by file (GX sees only the union of all files), and the files
     Spark can read. A file that is not UTF-8 CSV text at all is reported and left out; a file
-    with a wrong header is reported and still read, so the Data Docs show its columns."""
+    with a wrong header is reported and still read, so the Data Docs show its columns.
+    ``spark`` scans files read in place (direct I/O) for invalid UTF-8 past their first bytes
+    (ingest.unreadable_reasons); local files need none."""
     failures = []
     readable = []
-    for data_file in files:
-        reason = unreadable_reason(data_file.local_path)
+    for data_file, reason in zip(files, unreadable_reasons(spark, files), strict=True):
         if reason is not None:
             failures.append(_file_failure("CSV text file", data_file, error=reason))
             continue
         readable.append(data_file)
-        if has_no_data_rows(data_file.local_path):
+        if file_has_no_data_rows(data_file):
             failures.append(
                 _file_failure("at least one row", data_file, error="the file has a header only")
             )
-        error, details = _header_problem(dataset, data_file.local_path)
+        error, details = _header_problem(dataset, data_file)
         if error or details:
             failures.append(_file_failure("exact columns", data_file, error=error, details=details))
     return failures, readable
@@ -172,9 +179,11 @@ def _file_failure(
     )
 
 
-def _header_problem(dataset: Dataset, path: Path) -> tuple[str | None, dict[str, list[str]]]:
+def _header_problem(
+    dataset: Dataset, data_file: DataFile
+) -> tuple[str | None, dict[str, list[str]]]:
     try:
-        header = read_header(path)
+        header = file_header(data_file)
     except HeaderError as e:
         return str(e), {}
     if not header:
@@ -201,17 +210,34 @@ def read_curated(spark: SparkSession, local_dir: Path, dataset: Dataset) -> Data
     return spark.read.schema(schema).parquet(str(local_dir))
 
 
-class BatchFiles:
-    """The batch's files in the bucket, grouped by dataset, downloaded on demand."""
+def read_curated_at(spark: SparkSession, store: Store, dataset: Dataset) -> DataFrame:
+    """The curated store of a dataset read in place at the store's URI (direct I/O; empty
+    frame if nothing yet)."""
+    partitioned = dataset.name != "products"
+    schema = typed_schema(dataset, with_order_date=partitioned)
+    prefix = curated_prefix(dataset.name)
+    if not any(key.endswith(".parquet") for key in data_keys(store, prefix)):
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(store.uri(prefix))
 
-    def __init__(self, store: BucketStore, batch_id: str, local_root: Path) -> None:
+
+class BatchFiles:
+    """The batch's files in the store, grouped by dataset: downloaded on demand (staged), or,
+    with ``direct``, named by their URIs with their first bytes read through the store."""
+
+    def __init__(
+        self, store: Store, batch_id: str, local_root: Path, *, direct: bool = False
+    ) -> None:
         self.store = store
         self.batch_id = batch_id
         self.local_root = local_root
+        self.direct = direct
         self.by_dataset: dict[str, list[str]] = {}
+        self.sizes: dict[str, int] = {}
         self.unrecognised: list[str] = []
         prefix = incoming_prefix(batch_id)
         for stored in store.list(prefix):
+            self.sizes[stored.key] = stored.size
             relative = stored.key[len(prefix) :]
             if relative.startswith("_") or relative == "manifest.json":
                 continue
@@ -223,6 +249,17 @@ class BatchFiles:
 
     def files(self, dataset: str) -> list[DataFile]:
         keys = sorted(self.by_dataset.get(dataset, []))
+        if self.direct:
+            return [
+                DataFile(
+                    None,
+                    key,
+                    uri=self.store.uri(key),
+                    size=self.sizes[key],
+                    head=self.store.get_range(key, 0, HEAD_BYTES) if self.sizes[key] else b"",
+                )
+                for key in keys
+            ]
         paths = self.store.download(keys, self.local_root)
         return [DataFile(path, key) for path, key in zip(paths, keys, strict=True)]
 
@@ -238,6 +275,7 @@ class CheckOutcome:
     docs_dir: Path | None
     docs_page: str | None
     staged_dir: Path | None  # the accepted rows as Parquet, when the dataset passed
+    staged_uri: str | None = None  # ... written there by Spark instead (direct I/O)
     files_refused: int = 0  # files not read at all (not UTF-8 CSV text)
     seconds: dict[str, float] = field(default_factory=dict)  # per step, for profiling
 
@@ -250,16 +288,18 @@ def check_dataset(
     known_references: Callable[[], dict[str, DataFrame]],
     run_name: str,
     work: Path,
+    stage_uri: str | None = None,
 ) -> CheckOutcome:
-    """The validation job on local files: per-file checks, one parse, the GX suite, and on
-    success the accepted rows written as Parquet to ``work/staged``.
+    """The validation job on a dataset's files: per-file checks, one parse, the GX suite, and
+    on success the accepted rows written as Parquet to ``work/staged``, or by Spark to
+    ``stage_uri`` when given (direct I/O).
 
     ``known_references`` gives the referenced datasets' known rows (only called for a dataset
     with foreign keys). The parsed frame is cached once and every expectation reads the cache.
     """
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    failures, readable = file_failures(dataset, files)
+    failures, readable = file_failures(dataset, files, spark)
     if not readable:
         # No file is CSV text: nothing for Spark and the suite to check (they would only
         # report every column missing), so the dataset is refused before Spark reads anything.
@@ -297,9 +337,10 @@ def check_dataset(
     staged = None
     if success:
         clock = time.perf_counter()
-        with logs.step(log, "stage accepted rows", rows=rows):
-            staged = work / "staged"
-            accepted(frame, dataset).write.mode("overwrite").parquet(str(staged))
+        with logs.step(log, "stage accepted rows", rows=rows, to=stage_uri or "work dir"):
+            if stage_uri is None:
+                staged = work / "staged"
+            accepted(frame, dataset).write.mode("overwrite").parquet(stage_uri or str(staged))
         seconds["stage"] = time.perf_counter() - clock
     frame.unpersist()
     return CheckOutcome(
@@ -310,6 +351,7 @@ def check_dataset(
         docs_dir=outcome.docs_dir,
         docs_page=outcome.docs_page,
         staged_dir=staged,
+        staged_uri=stage_uri if success else None,
         files_refused=len(files) - len(readable),
         seconds=seconds,
     )
@@ -327,10 +369,10 @@ def validate_dataset(
     started = time.perf_counter()
     dataset = DATASETS[dataset_name]
     logs.bind(batch_id=batch_id, dataset=dataset_name, job="validate")
-    store = BucketStore(config.bucket, config.aws)
+    store = config.store()
     work = config.work_dir / "validate" / batch_id / dataset_name
     shutil.rmtree(work, ignore_errors=True)
-    batch = BatchFiles(store, batch_id, work / "s3")
+    batch = BatchFiles(store, batch_id, work / "s3", direct=config.direct_io)
     files = batch.files(dataset_name)
     if not files:
         raise ValueError(
@@ -343,6 +385,7 @@ def validate_dataset(
         known_references=lambda: _known_references(spark, dataset, batch, store, work),
         run_name=batch_id,
         work=work,
+        stage_uri=store.uri(staging_prefix(batch_id, dataset_name)) if config.direct_io else None,
     )
     rows = checked.rows
     report = ValidationReport(
@@ -358,7 +401,7 @@ def validate_dataset(
     if checked.docs_dir is not None:
         prefix = data_docs_prefix(batch_id, dataset_name)
         store.upload_dir(checked.docs_dir, prefix, skip_hidden=False)
-        report.data_docs = f"s3://{config.bucket}/{prefix}{checked.docs_page or 'index.html'}"
+        report.data_docs = store.uri(f"{prefix}{checked.docs_page or 'index.html'}")
     if checked.staged_dir is not None:
         with logs.step(log, "upload accepted rows", rows=rows):
             stage = staging_prefix(batch_id, dataset_name)
@@ -368,7 +411,7 @@ def validate_dataset(
     from ecom_pipeline.docs_index import publish_index  # the cross-batch Data Docs index
 
     with logs.step(log, "publish data docs index") as index_fields:
-        index_fields["index"] = f"s3://{config.bucket}/{publish_index(store)}"
+        index_fields["index"] = store.uri(publish_index(store))
     for message in report.messages():
         log.error(message, extra={"event": "rule_failed"})
     logs.emit_metrics(
@@ -393,38 +436,49 @@ def validate_dataset(
 
 
 def _known_references(
-    spark: SparkSession, dataset: Dataset, batch: BatchFiles, store: BucketStore, work: Path
+    spark: SparkSession, dataset: Dataset, batch: BatchFiles, store: Store, work: Path
 ) -> dict[str, DataFrame]:
-    targets = {fk.dataset for fk in dataset.foreign_keys}
+    targets = sorted({fk.dataset for fk in dataset.foreign_keys})
+    files = {name: batch.files(name) for name in targets}
+    if batch.direct:
+        curated = {name: read_curated_at(spark, store, DATASETS[name]) for name in targets}
+        return known_references(spark, dataset, files, curated=curated)
     curated_dirs = {
         name: store.download_prefix(curated_prefix(name), work / "curated" / name)
-        for name in sorted(targets)
+        for name in targets
     }
-    return known_references(
-        spark, dataset, {name: batch.files(name) for name in sorted(targets)}, curated_dirs
-    )
+    return known_references(spark, dataset, files, curated_dirs)
 
 
 def known_references(
     spark: SparkSession,
     dataset: Dataset,
     batch_files: dict[str, list[DataFile]],
-    curated_dirs: dict[str, Path],
+    curated_dirs: Mapping[str, Path] | None = None,
+    *,
+    curated: Mapping[str, DataFrame] | None = None,
 ) -> dict[str, DataFrame]:
-    """Known rows of each dataset ``dataset`` refers to: the batch's files of it (local) and
-    its curated store staged to ``curated_dirs[name]`` (missing or empty: nothing yet)."""
+    """Known rows of each dataset ``dataset`` refers to: the batch's files of it and its
+    curated store, staged to ``curated_dirs[name]`` (missing or empty: nothing yet) or read in
+    place (``curated[name]``, direct I/O)."""
     known = {}
     for fk in dataset.foreign_keys:
         target = DATASETS[fk.dataset]
-        curated = read_curated(spark, curated_dirs[target.name], target)
+        if curated is not None:
+            curated_rows = curated[target.name]
+        else:
+            curated_rows = read_curated(spark, (curated_dirs or {})[target.name], target)
         keep = [fk.target_column] + (["user_id"] if target.name == "orders" else [])
+        candidates = batch_files.get(target.name, [])
         readable = [
-            f for f in batch_files.get(target.name, []) if unreadable_reason(f.local_path) is None
+            f
+            for f, reason in zip(candidates, unreadable_reasons(spark, candidates), strict=True)
+            if reason is None
         ]
         batch_rows = read_checkable(spark, target, readable) if readable else None
         if batch_rows is not None and not set(keep) <= set(batch_rows.columns):
             batch_rows = None  # that file's own validation reports the missing columns
         if batch_rows is not None:
             batch_rows = batch_rows.select(*keep)
-        known[target.name] = known_rows(batch_rows, curated.select(*keep), fk.target_column)
+        known[target.name] = known_rows(batch_rows, curated_rows.select(*keep), fk.target_column)
     return known
