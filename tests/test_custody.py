@@ -70,10 +70,10 @@ class PipelineRunner(InProcessRunner):
         self.kill_next_kpi_job = False
         real = kpi_job.write_items
 
-        def write_until_killed(frame, table, aws):
+        def write_until_killed(frame, table, aws, **kwargs):
             if table == ORDER_TABLE:  # the category table is written, the order table not
                 raise Killed
-            return real(frame, table, aws)
+            return real(frame, table, aws, **kwargs)
 
         with mock.patch.object(kpi_job, "write_items", write_until_killed):
             try:
