@@ -59,6 +59,22 @@ def test_validate_exits_3_naming_file_rule_count_and_value(spark, aws, tmp_path,
     assert result["failed_rules"][0]["unexpected_count"] == 1
     assert result["data_docs"].startswith(f"s3://{aws.bucket}/data-docs/b1/orders/")
     assert aws.store.list(staging_prefix("b1", "orders")) == []  # nothing staged for the KPI job
+    metrics = _validation_metrics(err)
+    assert (metrics["RowsRead"], metrics["RowsRejected"], metrics["RuleViolations"]) == (2, 2, 1)
+    assert (metrics["RulesFailed"], metrics["BatchRejected"]) == (1, 1)
+    assert metrics["units"]["ReadSeconds"] == metrics["units"]["ExpectationsSeconds"] == "Seconds"
+    assert "StageSeconds" not in metrics  # nothing was staged
+
+
+def _validation_metrics(err: str) -> dict:
+    """The validation job's EMF line (its metric units under "units")."""
+    (line,) = [
+        entry
+        for entry in (json.loads(text) for text in err.splitlines() if text.startswith("{"))
+        if "_aws" in entry and entry.get("job") == "validate"
+    ]
+    (directive,) = line["_aws"]["CloudWatchMetrics"]
+    return {**line, "units": {m["Name"]: m["Unit"] for m in directive["Metrics"]}}
 
 
 def test_validate_then_compute_kpis_writes_the_tables(spark, aws, tmp_path, capsys):
@@ -70,7 +86,15 @@ def test_validate_then_compute_kpis_writes_the_tables(spark, aws, tmp_path, caps
         _put(aws, "b2", name, text)
     for dataset in ("products", "orders", "order_items"):
         code = main(["validate", "--batch-id", "b2", "--dataset", dataset, *_flags(aws, tmp_path)])
-        assert code == ExitCode.OK, capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert code == ExitCode.OK, err
+        metrics = _validation_metrics(err)
+        assert (metrics["RowsRejected"], metrics["RuleViolations"], metrics["BatchRejected"]) == (
+            0,
+            0,
+            0,
+        )
+        assert metrics["StageSeconds"] >= 0
     assert main(["compute-kpis", "--batch-id", "b2", *_flags(aws, tmp_path)]) == ExitCode.OK
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["dates_recomputed"] == ["2025-03-01"]

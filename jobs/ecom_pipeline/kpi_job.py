@@ -346,10 +346,6 @@ def _previous_report(store: Store, batch_id: str) -> dict | None:
     return store.get_json_or_none(kpi_result_key(batch_id))
 
 
-def _metric_name(step: str) -> str:
-    return "".join(part.title() for part in step.split()) + "Seconds"
-
-
 def _emit_metrics(report: KpiReport, *, failed: bool) -> None:
     """The run's numbers in CloudWatch Embedded Metric Format (dimension job=kpis)."""
     values: dict[str, float] = {
@@ -362,7 +358,7 @@ def _emit_metrics(report: KpiReport, *, failed: bool) -> None:
         "ItemsDeleted": report.items_deleted,
         "AlreadyApplied": 1 if report.already_applied else 0,
         "KpiJobFailed": 1 if failed else 0,
-        **{_metric_name(step): seconds for step, seconds in report.step_seconds.items()},
+        **{logs.metric_name(step): seconds for step, seconds in report.step_seconds.items()},
         "KpiJobSeconds": report.duration_s,
     }
     units = {name: "Seconds" for name in values if name.endswith("Seconds")}

@@ -149,6 +149,11 @@ def step(logger: logging.Logger, name: str, **fields: Any) -> Iterator[dict[str,
 METRICS_NAMESPACE = "EcomPipeline"
 
 
+def metric_name(step_name: str) -> str:
+    """The metric of a step's seconds: "write KPIs" -> "WriteKpisSeconds"."""
+    return "".join(part.title() for part in step_name.split()) + "Seconds"
+
+
 def emit_metrics(
     logger: logging.Logger,
     dimensions: dict[str, str],

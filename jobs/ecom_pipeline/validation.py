@@ -422,10 +422,15 @@ def validate_dataset(
             "FilesRefused": checked.files_refused,
             "RowsRead": rows,
             "RulesFailed": len(report.failures),
+            # a failed rule refuses the whole batch: every row read is rejected with it
+            "RowsRejected": 0 if report.success else rows,
+            # bad rows summed over the failed rules (a row breaking two rules counts twice)
+            "RuleViolations": sum(f.unexpected_count or 0 for f in report.failures),
             "BatchRejected": 0 if report.success else 1,
+            **{logs.metric_name(step): round(s, 3) for step, s in checked.seconds.items()},
             "ValidationSeconds": round(time.perf_counter() - started, 3),
         },
-        {"ValidationSeconds": "Seconds"},
+        dict.fromkeys(["ValidationSeconds", *map(logs.metric_name, checked.seconds)], "Seconds"),
     )
     log.info(
         "validation %s",
