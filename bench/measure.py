@@ -26,6 +26,19 @@ class Sampled:
     cpu_s: float  # user + system time of the tree (children that exited included when seen)
     load_avg: tuple[float, float, float]  # 1/5/15-minute load when the command ended
 
+    @classmethod
+    def of(cls, sampler: TreeSampler, *, returncode: int, started: float) -> Sampled:
+        """What ``sampler`` saw of a command started at ``started`` (perf_counter) and ended now."""
+        return cls(
+            returncode=returncode,
+            wall_s=time.perf_counter() - started,
+            peak_rss_bytes=sampler.peak_rss,
+            peak_pss_bytes=sampler.peak_pss,
+            peak_breakdown=sampler.peak_breakdown,
+            cpu_s=sampler.cpu_s,
+            load_avg=os.getloadavg(),
+        )
+
 
 class TreeSampler:
     """Samples a process and all its descendants (JVM, Python workers) every 0.1 s."""
@@ -123,15 +136,7 @@ def run_sampled(
             returncode = process.wait()
         finally:
             sampler.stop()
-    return Sampled(
-        returncode=returncode,
-        wall_s=time.perf_counter() - started,
-        peak_rss_bytes=sampler.peak_rss,
-        peak_pss_bytes=sampler.peak_pss,
-        peak_breakdown=sampler.peak_breakdown,
-        cpu_s=sampler.cpu_s,
-        load_avg=os.getloadavg(),
-    )
+    return Sampled.of(sampler, returncode=returncode, started=started)
 
 
 def run_sampled_here(call: Callable[[], None]) -> Sampled:
@@ -143,12 +148,4 @@ def run_sampled_here(call: Callable[[], None]) -> Sampled:
         call()
     finally:
         sampler.stop()
-    return Sampled(
-        returncode=0,
-        wall_s=time.perf_counter() - started,
-        peak_rss_bytes=sampler.peak_rss,
-        peak_pss_bytes=sampler.peak_pss,
-        peak_breakdown=sampler.peak_breakdown,
-        cpu_s=sampler.cpu_s,
-        load_avg=os.getloadavg(),
-    )
+    return Sampled.of(sampler, returncode=0, started=started)
