@@ -399,7 +399,9 @@ def random_batches(source: Path, target: Path, seed: int, count: int = 3) -> lis
     return folders
 
 
-@pytest.mark.parametrize("seed", [11, 29])
+# One seed: every split has corrected prices, moved and re-statused orders and re-categorised
+# products (10 % of each); a second seed only varied the random draws, for 40 s of the suite.
+@pytest.mark.parametrize("seed", [11])
 def test_random_splits_give_the_tables_of_one_run_over_all_data(spark, tmp_path, seed):
     source = tmp_path / "source"
     generate(source, 120, seed=seed, days=12, products=30)
