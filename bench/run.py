@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-demo", action="store_true", help="skip the demo measurement")
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="write each Spark job's event log and add, per Spark task, where its last timed "
+        "run spent its time (each Spark job: wall time, tasks, rows, shuffle bytes; GX; time "
+        "with no job running; JVM start) to the results and to <cache-dir>/profile/<size>.txt",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="keep the sizes (and demo) of the existing results file that this run does not "
@@ -156,6 +163,9 @@ def _worker(
         command = [sys.executable, "-m", "bench.worker", task, "--batch", str(data.root)]
         command += ["--work", str(work), "--runs", str(args.runs), "--out", str(out)]
         command += ["--warmups", str(args.warmups)]
+        env = dict(env)
+        if args.profile and task in SPARK_TASKS:
+            env["SPARK_EVENT_LOG_DIR"] = str(_event_dir(work, task))
         sampled = run_sampled(command, log=log, env={**os.environ, **env}, cwd=ROOT)
         if sampled.returncode != 0:
             tail = log.read_text(errors="replace")[-3000:]
@@ -175,6 +185,33 @@ def _worker(
     }
     print(f" {sampled.wall_s:.0f} s, peak RSS {process['peak_rss_mib']:.0f} MiB", flush=True)
     return result, process
+
+
+def _event_dir(work: Path, task: str) -> Path:
+    return work / "events" / task.replace(":", "-")
+
+
+def _profiles(
+    args: argparse.Namespace, label: str, work: Path, results: dict[str, Any]
+) -> dict[str, Any]:
+    """--profile: each Spark task's profile (bench/profile.py), also written as text."""
+    from bench.profile import profile_task, render
+
+    profiles = {}
+    texts = []
+    for task in SPARK_TASKS:
+        if args.in_process:
+            break  # one JVM for every task, started without an event log
+        if task == "scan":
+            continue  # the yardstick: one job per dataset, nothing to break down
+        profiles[task] = profile_task(_event_dir(work, task), results[task])
+        texts.append(render(task, profiles[task]))
+    if texts:
+        path = args.cache_dir / "profile" / f"{label}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n\n".join(texts) + "\n")
+        print(f"  profile: {path}")
+    return profiles
 
 
 def _kpis_of(result: dict[str, Any]) -> tuple[CategoryRows, OrderRows]:
@@ -230,7 +267,15 @@ def bench_size(args: argparse.Namespace, size: int) -> dict[str, Any]:
             }
         else:
             measurements[task] = {**_summary(result["timings"], data.order_items), **process}
+            if result.get("steps"):
+                measurements[task]["steps_median_s"] = {
+                    step: round(
+                        statistics.median(s[step] for s in result["steps"][args.warmups :]), 3
+                    )
+                    for step in result["steps"][-1]
+                }
 
+    profiles = _profiles(args, label, work, results) if args.profile else None
     spark_kpis = _kpis_of(results["kpis"])
     agreement: dict[str, Any] = {
         "category_rows": len(spark_kpis[0]),
@@ -297,6 +342,7 @@ def bench_size(args: argparse.Namespace, size: int) -> dict[str, Any]:
             "pipeline_per_pandas": round(pipeline / pandas, 2),
         },
         "agreement": agreement,
+        **({"profile": profiles} if profiles else {}),
     }
 
 
@@ -585,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": args.runs,
             "warmup_runs": args.warmups,
             "in_process": args.in_process,
+            "profile": args.profile,
             "seed": args.seed,
             "days": args.days,
             "parts": args.parts,

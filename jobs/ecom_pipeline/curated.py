@@ -56,7 +56,11 @@ def affected_dates(old: Tables, batch: Batch) -> DataFrame:
     parts = []
     if batch.orders is not None:
         ids = batch.orders.select("order_id")
-        parts.append(orders_after.join(ids, "order_id").select("order_date"))
+        # the merged orders with the batch's ids are the batch's own rows (they replace the
+        # old ones): their dates, without joining the merged orders back to the batch
+        parts.append(
+            with_order_date(batch.orders).where(F.col("order_id").isNotNull()).select("order_date")
+        )
         parts.append(old.orders.join(ids, "order_id").select("order_date"))
     if batch.items is not None:
         parts.append(

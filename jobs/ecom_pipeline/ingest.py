@@ -41,6 +41,7 @@ SOURCE_FILE = "__source_file"
 MALFORMED_ROW = "__malformed_row"
 UNPARSABLE_SUFFIX = "__unparsable"
 _CORRUPT = "_corrupt_record"
+_TYPED_PREFIX = "__typed__"  # to_checkable's intermediate typed values (never in its output)
 
 SPARK_TYPES: dict[Kind, DataType] = {
     Kind.ID: LongType(),
@@ -447,12 +448,22 @@ def to_checkable(raw: DataFrame, dataset: Dataset) -> DataFrame:
       trusted, so it is reported once, by that rule, and not again by every column rule.
     """
     well_formed = F.col(MALFORMED_ROW).isNull()
+    # Each value is parsed (pattern and cast) once, in a first projection, and the second one
+    # reads the result twice (the typed value and its __unparsable test): Spark does not merge
+    # the two projections, since that would repeat the parse, and does not share a parse
+    # inside conditional expressions (CASE WHEN) by itself.
+    present = [c for c in dataset.columns if c.name in raw.columns]
+    typed = {c.name: f"{_TYPED_PREFIX}{c.name}" for c in present}
+    parsed_once = raw.select(
+        *[F.col(name) for name in raw.columns],
+        *[F.when(well_formed, _parse(F.col(c.name), c.kind)).alias(typed[c.name]) for c in present],
+    )
     selected: list[Column] = []
     for column in dataset.columns:
         if column.name in raw.columns:
             raw_value = F.col(column.name)
-            parsed = _parse(raw_value, column.kind)
-            selected.append(F.when(well_formed, parsed).alias(column.name))
+            parsed = F.col(typed[column.name])
+            selected.append(parsed.alias(column.name))
             if column.kind in PARSED_KINDS:
                 bad_text = F.when(
                     well_formed & (F.trim(raw_value) != "") & parsed.isNull(), raw_value
@@ -462,7 +473,7 @@ def to_checkable(raw: DataFrame, dataset: Dataset) -> DataFrame:
             selected.append(F.lit(None).cast(StringType()).alias(unparsable_column(column.name)))
     known = set(dataset.column_names) | {SOURCE_FILE, MALFORMED_ROW}
     extra = [F.col(name) for name in raw.columns if name not in known]
-    return raw.select(*selected, *extra, F.col(SOURCE_FILE), F.col(MALFORMED_ROW))
+    return parsed_once.select(*selected, *extra, F.col(SOURCE_FILE), F.col(MALFORMED_ROW))
 
 
 def expected_checkable_columns(dataset: Dataset) -> list[str]:

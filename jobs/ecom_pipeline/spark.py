@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -21,6 +22,8 @@ def get_spark(
     The master comes from spark-submit when there is one (``spark.master`` already set), else
     ``SPARK_MASTER`` or local mode on every core. Timestamps are handled in UTC whatever the
     machine's zone, so naive input timestamps mean UTC and ``order_date`` is the UTC date.
+    ``SPARK_EVENT_LOG_DIR`` (a local folder) turns on Spark's event log there, for profiling
+    (``python -m bench --profile`` reads it).
     """
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -35,6 +38,17 @@ def get_spark(
     memory = driver_memory or os.environ.get("SPARK_DRIVER_MEMORY")
     if memory:
         builder = builder.config("spark.driver.memory", memory)
+    event_log = os.environ.get("SPARK_EVENT_LOG_DIR")
+    if event_log:
+        folder = Path(event_log).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        builder = (
+            builder.config("spark.eventLog.enabled", "true")
+            .config("spark.eventLog.dir", folder.as_uri())
+            # one plain JSON-lines file per application, readable without a zstd codec
+            .config("spark.eventLog.compress", "false")
+            .config("spark.eventLog.rolling.enabled", "false")
+        )
     partitions = shuffle_partitions or int(
         os.environ.get("SPARK_SHUFFLE_PARTITIONS", DEFAULT_SHUFFLE_PARTITIONS)
     )

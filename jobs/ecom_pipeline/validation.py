@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 
 ORPHAN_SUFFIX = "__orphan"
 ORDER_USER_ID = "order__user_id"
+# Referenced datasets small enough to broadcast to the join with the checked rows (products is
+# the catalogue, a dimension; the kpi job broadcasts it too), so the checked rows are not
+# shuffled for their reference to it.
+BROADCAST_REFERENCES = frozenset({"products"})
 
 
 def reference_columns(dataset: Dataset) -> list[str]:
@@ -88,6 +92,8 @@ def with_reference_checks(
             F.col(fk.target_column).alias(marker),
             *([F.col("user_id").alias(ORDER_USER_ID)] if carried else []),
         )
+        if fk.dataset in BROADCAST_REFERENCES:
+            reference = F.broadcast(reference)
         frame = frame.join(reference, frame[fk.column] == reference[marker], "left")
         frame = frame.withColumn(
             orphan, F.when(F.col(fk.column).isNotNull() & F.col(marker).isNull(), F.col(fk.column))
@@ -473,6 +479,10 @@ def known_references(
             curated_rows = curated[target.name]
         else:
             curated_rows = read_curated(spark, (curated_dirs or {})[target.name], target)
+        if curated_rows.isEmpty():
+            # an empty local relation: the optimizer drops the anti-join and union with it,
+            # so the batch's rows of the target are parsed once, not twice
+            curated_rows = curated_rows.limit(0)
         keep = [fk.target_column] + (["user_id"] if target.name == "orders" else [])
         candidates = batch_files.get(target.name, [])
         readable = [
