@@ -190,16 +190,7 @@ class BucketStore:
 
     def upload_dir(self, local_dir: Path, prefix: str, *, skip_hidden: bool = True) -> list[str]:
         """Upload every file below local_dir under prefix (keeping relative paths)."""
-        keys = []
-        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            relative = path.relative_to(local_dir).as_posix()
-            # Spark's _SUCCESS and .crc side files are not data.
-            if skip_hidden and is_side_file(relative):
-                continue
-            key = _folder(prefix) + relative
-            self.upload_file(path, key)
-            keys.append(key)
-        return keys
+        return _upload_dir(self, local_dir, prefix, skip_hidden=skip_hidden)
 
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
@@ -339,15 +330,7 @@ class FileStore:
             self._write(key, lambda out: shutil.copyfileobj(source, out))
 
     def upload_dir(self, local_dir: Path, prefix: str, *, skip_hidden: bool = True) -> list[str]:
-        keys = []
-        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            relative = path.relative_to(local_dir).as_posix()
-            if skip_hidden and is_side_file(relative):
-                continue
-            key = _folder(prefix) + relative
-            self.upload_file(path, key)
-            keys.append(key)
-        return keys
+        return _upload_dir(self, local_dir, prefix, skip_hidden=skip_hidden)
 
     def put_bytes(
         self, key: str, body: bytes, *, content_type: str, cache_control: str | None = None
@@ -422,6 +405,20 @@ def file_root(root: str | Path) -> Path:
     if not path.is_absolute():
         raise ValueError(f"a file data root must be absolute: {text!r}")
     return Path(os.path.normpath(path))
+
+
+def _upload_dir(store: Store, local_dir: Path, prefix: str, *, skip_hidden: bool) -> list[str]:
+    """Every file below local_dir, uploaded with ``store.upload_file`` under prefix (keeping
+    relative paths); Spark's _SUCCESS and .crc side files are not data, and are skipped."""
+    keys = []
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(local_dir).as_posix()
+        if skip_hidden and is_side_file(relative):
+            continue
+        key = _folder(prefix) + relative
+        store.upload_file(path, key)
+        keys.append(key)
+    return keys
 
 
 def _folder(prefix: str) -> str:
