@@ -21,12 +21,17 @@ from ecom_pipeline.query import QueryError
 log = logging.getLogger("ecom_pipeline")
 
 
-def _add_aws_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bucket and where AWS is: what every command that touches AWS takes."""
     parser.add_argument("--bucket", help="S3 bucket (default: $PIPELINE_BUCKET)")
     parser.add_argument(
         "--endpoint-url", help="AWS endpoint, e.g. an emulator (default: $AWS_ENDPOINT_URL)"
     )
     parser.add_argument("--region", help="AWS region (default: $AWS_REGION or us-east-1)")
+
+
+def _add_aws_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_connection_arguments(parser)
     parser.add_argument("--category-table", help="category KPI table (default: $CATEGORY_TABLE)")
     parser.add_argument("--order-table", help="order KPI table (default: $ORDER_TABLE)")
     parser.add_argument(
@@ -106,9 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--state-machine-arn", help="the pipeline's state machine (default: $STATE_MACHINE_ARN)"
     )
-    replay.add_argument("--bucket", help="S3 bucket (default: $PIPELINE_BUCKET)")
-    replay.add_argument("--endpoint-url", help="AWS endpoint (default: $AWS_ENDPOINT_URL)")
-    replay.add_argument("--region", help="AWS region (default: $AWS_REGION or us-east-1)")
+    _add_connection_arguments(replay)
     replay.add_argument("--wait", action="store_true", help="wait for the execution to end")
     replay.add_argument("--timeout", type=float, default=3 * 3600, help="seconds, with --wait")
 
