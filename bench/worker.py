@@ -3,7 +3,7 @@
 Run by ``bench.run`` as ``python -m bench.worker TASK ...`` so that each job has its own process
 tree (and, for Spark, its own JVM sized by the tier), whose peak RSS the parent samples.
 Spark jobs are called through the project's job functions on local files
-(``validation.check_dataset``, ``kpi_job.plan`` and ``kpi_job.write_curated``): the same code the
+(``validation.check_dataset``, ``kpi_job.plan`` with ``kpi_job.write_new_state``): the same code the
 containers run, without the S3/DynamoDB staging around it (see the README, "Benchmark").
 
 Tasks: ``validate:<dataset>``, ``scan`` (one plain parse of each dataset), ``kpis`` (the KPI job
@@ -145,7 +145,7 @@ def kpis(work: Path, runs: int) -> dict[str, Any]:
     from ecom_pipeline.contract import DATASETS
     from ecom_pipeline.curated import Batch, Tables
     from ecom_pipeline.ingest import typed_schema
-    from ecom_pipeline.kpi_job import batch_stats, curated_parts, persisted, plan, write_curated
+    from ecom_pipeline.kpi_job import batch_stats, persisted, plan, write_new_state
     from ecom_pipeline.validation import read_curated
 
     spark = _spark()
@@ -172,7 +172,13 @@ def kpis(work: Path, runs: int) -> dict[str, Any]:
         old = Tables(*(read_curated(spark, empty / name, d) for name, d in DATASETS.items()))
         batch_stats(batch)  # rows accepted and the fingerprint, for the notice and replays
         step("read")
-        changes = plan(old, batch)
+        # the dates, the merge, and the new curated Parquet the KPIs read back
+        new = work / "curated-new"
+        changes = plan(
+            old,
+            batch,
+            stage=lambda *state: write_new_state(*state, where=lambda name: str(new / name)),
+        )
         step("plan")
         with persisted(changes):
             # what write_items / delete_keys send to DynamoDB, collected here instead
@@ -181,10 +187,6 @@ def kpis(work: Path, runs: int) -> dict[str, Any]:
             changes.category_deletes.count()
             changes.order_deletes.count()
             step("KPIs")
-            new = work / "curated-new"
-            for name, frame, dates in curated_parts(changes):
-                write_curated(frame, new / name, dates)
-            step("curated")
         steps.append(seconds)
         return (
             {(r.category, r.order_date): category_row(r.asDict()) for r in categories},

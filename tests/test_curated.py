@@ -112,3 +112,22 @@ def test_recategorised_product_touches_the_dates_it_was_sold(spark):
 
 def test_window_dates_cover_the_six_following_days():
     assert window_dates([MAR1]) == [date(2025, 3, d) for d in range(1, 8)]
+
+
+def test_curated_parquet_dictionary_encodes_only_repeating_columns(spark, tmp_path):
+    """Ids, timestamps and amounts seldom repeat: the curated files store them plain (a
+    dictionary of them only costs CPU and bytes); statuses keep their dictionary."""
+    import duckdb
+
+    from ecom_pipeline.contract import DATASETS
+    from ecom_pipeline.kpi_job import write_curated
+
+    schema = typed_schema(DATASETS["order_items"], with_order_date=True)
+    rows = [(*_item(i, i // 2, 1, "1.00", status="shipped"), MAR1) for i in range(1, 200)]
+    write_curated(spark.createDataFrame(rows, schema), DATASETS["order_items"], tmp_path, [MAR1])
+    files = str(tmp_path / "order_date=2025-03-01" / "*.parquet")
+    query = f"select path_in_schema, encodings from parquet_metadata('{files}')"
+    encodings = dict(duckdb.sql(query).fetchall())
+    assert "DICTIONARY" in encodings["status"]
+    for column in ("id", "order_id", "user_id", "product_id", "created_at", "sale_price"):
+        assert "DICTIONARY" not in encodings[column], (column, encodings[column])

@@ -24,7 +24,13 @@ from ecom_pipeline.ingest import (
     typed_schema,
     unreadable_reasons,
 )
-from ecom_pipeline.kpi_job import KpiPlan, _replace_curated_in_place, recover_curated
+from ecom_pipeline.kpi_job import (
+    KpiPlan,
+    _new_rows_location,
+    _replace_curated_in_place,
+    recover_curated,
+    write_new_state,
+)
 from ecom_pipeline.local_aws import LocalAws
 from ecom_pipeline.storage import (
     CURATED_GENERATIONS,
@@ -239,9 +245,13 @@ def _orders(spark, rows: list[tuple[int, str, date]]):
     )
 
 
-def _plan(spark, orders, dates: list[date]) -> KpiPlan:
+def _plan(spark, store: FileStore, batch_id: str, orders, dates: list[date]) -> KpiPlan:
+    """A run's plan with its new curated orders written where the job writes them (the
+    batch's generation folder), as compute_kpis does before the KPIs."""
     items = spark.createDataFrame([], typed_schema(DATASETS["order_items"], with_order_date=True))
     products = spark.createDataFrame([], typed_schema(DATASETS["products"]))
+    where = _new_rows_location(store, batch_id, None)
+    new_state = write_new_state(Tables(products, orders, items), dates, False, where=where)
     unused = spark.range(0)
     return KpiPlan(
         dates=dates,
@@ -249,7 +259,7 @@ def _plan(spark, orders, dates: list[date]) -> KpiPlan:
         category_deletes=unused,
         order_items=unused,
         order_deletes=unused,
-        new_state=Tables(products=products, orders=orders, items=items),
+        new_state=new_state,
         products_changed=False,
     )
 
@@ -265,9 +275,8 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     rolled forward, and no generation, journal or side file is ever taken for data."""
     store = FileStore(tmp_path / "root")
     d1, d2 = date(2025, 3, 1), date(2025, 3, 2)
-    _replace_curated_in_place(
-        store, _plan(spark, _orders(spark, [(1, "shipped", d1), (2, "shipped", d1)]), [d1]), "b1"
-    )
+    b1 = _orders(spark, [(1, "shipped", d1), (2, "shipped", d1)])
+    _replace_curated_in_place(store, _plan(spark, store, "b1", b1, [d1]), "b1")
     assert _curated_orders(spark, store) == {
         (1, "shipped", "2025-03-01"),
         (2, "shipped", "2025-03-01"),
@@ -275,7 +284,7 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     # the next batch rewrites d1 (order 2 left it) and adds d2
     after_b2 = {(1, "returned", "2025-03-01"), (3, "shipped", "2025-03-02")}
     b2 = _orders(spark, [(1, "returned", d1), (3, "shipped", d2)])
-    _replace_curated_in_place(store, _plan(spark, b2, [d1, d2]), "b2")
+    _replace_curated_in_place(store, _plan(spark, store, "b2", b2, [d1, d2]), "b2")
     assert _curated_orders(spark, store) == after_b2
     keys = [o.key for o in store.list("curated/")]
     assert all(k.startswith("curated/orders/order_date=") for k in data_keys(store, "curated/"))
@@ -294,10 +303,11 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     b3 = _orders(spark, [(4, "shipped", d2), (5, "shipped", d2)])
     spark.conf.set("spark.sql.files.maxRecordsPerFile", "1")  # two files: the copy dies between
     try:
-        with pytest.raises(OSError, match="killed"):
-            _replace_curated_in_place(store, _plan(spark, b3, [d2]), "b3")
+        b3_plan = _plan(spark, store, "b3", b3, [d2])
     finally:
         spark.conf.unset("spark.sql.files.maxRecordsPerFile")
+    with pytest.raises(OSError, match="killed"):
+        _replace_curated_in_place(store, b3_plan, "b3")
     assert store.get_json(curated_journal_key())["state"] == "uploading"
     # b2's file of d2 and the one copy of b3's that landed
     assert len(data_keys(store, "curated/orders/order_date=2025-03-02/")) == 2
@@ -316,7 +326,7 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     monkeypatch.setattr(store, "delete", dies_deleting_stale)
     b4 = _orders(spark, [(6, "shipped", d2)])
     with pytest.raises(OSError, match="killed"):
-        _replace_curated_in_place(store, _plan(spark, b4, [d2]), "b4")
+        _replace_curated_in_place(store, _plan(spark, store, "b4", b4, [d2]), "b4")
     monkeypatch.undo()
     assert store.get_json(curated_journal_key())["state"] == "committed"
     assert recover_curated(store) == "rolled forward"

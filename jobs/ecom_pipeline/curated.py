@@ -52,7 +52,6 @@ def merged_orders(old: Tables, batch: Batch) -> DataFrame:
 
 def affected_dates(old: Tables, batch: Batch) -> DataFrame:
     """Distinct ``order_date`` values whose KPIs the batch can change (one column)."""
-    orders_after = merged_orders(old, batch)
     parts = []
     if batch.orders is not None:
         ids = batch.orders.select("order_id")
@@ -63,9 +62,16 @@ def affected_dates(old: Tables, batch: Batch) -> DataFrame:
         )
         parts.append(old.orders.join(ids, "order_id").select("order_date"))
     if batch.items is not None:
+        # an item's order is either the batch's (its date is a part already) or an old one
+        # the batch leaves alone: only those need a join (none at all on an empty store)
+        kept_orders = (
+            old.orders
+            if batch.orders is None
+            else old.orders.join(batch.orders.select("order_id"), "order_id", "left_anti")
+        )
         parts.append(
             batch.items.select("order_id")
-            .join(orders_after.select("order_id", "order_date"), "order_id")
+            .join(kept_orders.select("order_id", "order_date"), "order_id")
             .select("order_date")
         )
         parts.append(old.items.join(batch.items.select("id"), "id").select("order_date"))

@@ -52,6 +52,11 @@ SPARK_TYPES: dict[Kind, DataType] = {
     Kind.STATUS: StringType(),
 }
 PARSED_KINDS = (Kind.ID, Kind.INT, Kind.MONEY, Kind.TIMESTAMP)
+# Kinds whose values seldom repeat within a file: Parquet's dictionary encoding of them only
+# grows the file (it falls back to plain once the dictionary is full) and, in the curated
+# store's small per-day files, where it never fills, it costs a third of the write's CPU
+# (10M items: 19.8 -> 12.4 s of task CPU, 428 -> 372 MiB)
+UNDICTIONARIED_KINDS = (Kind.ID, Kind.MONEY, Kind.TIMESTAMP)
 
 
 def unparsable_column(name: str) -> str:
@@ -64,6 +69,15 @@ def typed_schema(dataset: Dataset, *, with_order_date: bool = False) -> StructTy
     if with_order_date:
         fields.append(StructField("order_date", DateType(), nullable=True))
     return StructType(fields)
+
+
+def parquet_options(dataset: Dataset) -> dict[str, str]:
+    """Writer options for a dataset's accepted rows as Parquet (staging and the curated store):
+    dictionary encoding only for the columns whose values repeat (text, statuses, counts)."""
+    return {
+        f"parquet.enable.dictionary#{name}": "false"
+        for name in dataset.columns_of_kind(*UNDICTIONARIED_KINDS)
+    }
 
 
 # How much of a file the checks before Spark read (the whole file when it is no bigger): the

@@ -51,6 +51,7 @@ from ecom_pipeline.contract import (
     LOCK_CURATED_STORE,
     MONTH_FORMAT,
     ORDER_TABLE_KEY,
+    Dataset,
 )
 from ecom_pipeline.curated import (
     Batch,
@@ -63,7 +64,7 @@ from ecom_pipeline.curated import (
 )
 from ecom_pipeline.dashboard import publish_dashboard
 from ecom_pipeline.dynamo import delete_keys, write_items
-from ecom_pipeline.ingest import typed_schema
+from ecom_pipeline.ingest import parquet_options, typed_schema
 from ecom_pipeline.kpis import (
     DATE_STRING,
     MONTH_STRING,
@@ -93,9 +94,14 @@ log = logging.getLogger(__name__)
 COPY_THREADS = 16
 
 
+# writes a batch's new curated rows and hands them back read from what it wrote
+# (see :func:`write_new_state`)
+StageNewState = Callable[["Tables", list[date], bool], "Tables"]
+
+
 @dataclass
 class KpiPlan:
-    """What one batch changes: computed before anything is written."""
+    """What one batch changes: computed before any KPI is written."""
 
     dates: list[date]
     category_items: DataFrame
@@ -139,11 +145,19 @@ def without_empty(old: Tables) -> tuple[Tables, bool]:
     return Tables(*pruned), all(empty)
 
 
-def plan(old: Tables, batch: Batch) -> KpiPlan:
-    """Everything the batch changes, as DataFrames (pure: no I/O, nothing written)."""
+def plan(old: Tables, batch: Batch, stage: StageNewState | None = None) -> KpiPlan:
+    """Everything the batch changes, as DataFrames.
+
+    Pure without ``stage``. The job passes :func:`write_new_state`: the merged rows of the
+    affected dates (which the curated store needs anyway) are then joined to their orders and
+    written once, and the KPIs read them back from those files instead of repeating the merge
+    and its join for each table (at 10M items that join is a shuffle of every item row)."""
     old, store_empty = without_empty(old)
     dates = sorted(row.order_date for row in affected_dates(old, batch).collect())
+    products_changed = batch.products is not None
     new_state = merge(old, batch, dates)
+    if stage is not None:
+        new_state = stage(new_state, dates, products_changed)
     new_categories = category_kpis(enrich_items(new_state.items, new_state.products))
     old_categories = (
         enrich_items(old.items.where(F.col("order_date").isin(dates)), old.products)
@@ -170,7 +184,7 @@ def plan(old: Tables, batch: Batch) -> KpiPlan:
         order_items=order_rows,
         order_deletes=order_deletes,
         new_state=new_state,
-        products_changed=batch.products is not None,
+        products_changed=products_changed,
         store_empty=store_empty,
     )
 
@@ -234,15 +248,10 @@ def fingerprint(batch: Batch) -> dict[str, str]:
 
 @contextmanager
 def persisted(changes: KpiPlan) -> Iterator[KpiPlan]:
-    """``changes`` with its KPI rows (small) cached while the block runs, and its merged rows
-    too when the curated store held rows: the KPI writes, the deletes and the curated rewrite
-    then read the merge once instead of each redoing its anti-joins against the store. On an
-    empty store the merge is one join and caching it costs more than recomputing it (measured
-    at 1M items: CPU -22 % with a full store, +6 % with an empty one). Unpersisted at the end."""
+    """``changes`` with its KPI rows (small) cached while the block runs: the deletes read them
+    once more. (The merged rows need no cache: :func:`write_new_state` wrote them, and the KPIs
+    read those files.) Unpersisted at the end."""
     frames = [changes.category_items, changes.order_items]
-    if not changes.store_empty:
-        state = changes.new_state
-        frames = [state.products, state.orders, state.items, *frames]
     for frame in frames:
         frame.persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -338,7 +347,8 @@ def _compute_locked(
             return
         old = read_tables(spark, store, None if direct else work / "curated")
     with _timed(report, "plan") as fields:
-        changes = plan(old, batch)
+        where = _new_rows_location(store, batch_id, None if direct else work / "new")
+        changes = plan(old, batch, stage=lambda *state: write_new_state(*state, where=where))
         report.dates_recomputed = [d.isoformat() for d in changes.dates]
         fields["dates"] = len(changes.dates)
     with persisted(changes):
@@ -438,21 +448,52 @@ def _publish_dashboard(
         return None
 
 
-def curated_parts(changes: KpiPlan) -> list[tuple[str, DataFrame, list[date] | None]]:
-    """(dataset, new rows, replaced dates or None for the whole dataset) the run rewrites."""
-    parts: list[tuple[str, DataFrame, list[date] | None]] = []
-    if changes.products_changed:
-        parts.append(("products", changes.new_state.products, None))
-    if changes.dates:
-        parts.append(("orders", changes.new_state.orders, changes.dates))
-        parts.append(("order_items", changes.new_state.items, changes.dates))
+def curated_parts(
+    new_state: Tables, dates: list[date], products_changed: bool
+) -> list[tuple[Dataset, DataFrame, list[date] | None]]:
+    """(dataset, new rows, replaced dates or None for the whole dataset) a run rewrites."""
+    parts: list[tuple[Dataset, DataFrame, list[date] | None]] = []
+    if products_changed:
+        parts.append((DATASETS["products"], new_state.products, None))
+    if dates:
+        parts.append((DATASETS["orders"], new_state.orders, dates))
+        parts.append((DATASETS["order_items"], new_state.items, dates))
     return parts
 
 
-def write_curated(frame: DataFrame, local: Path | str, dates: list[date] | None) -> None:
-    """Write new curated rows as Parquet to a local folder or a URI (partitioned by order_date
-    if dated)."""
-    writer = frame.write.mode("overwrite")
+def write_new_state(
+    new_state: Tables,
+    dates: list[date],
+    products_changed: bool,
+    *,
+    where: Callable[[str], str],
+) -> Tables:
+    """Write the curated rows a run rewrites (:func:`curated_parts`) as Parquet to
+    ``where(dataset name)``, a local folder or a URI, and return ``new_state`` with those
+    datasets read back from the files written."""
+    frames = {
+        "products": new_state.products,
+        "orders": new_state.orders,
+        "order_items": new_state.items,
+    }
+    for dataset, frame, replaced in curated_parts(new_state, dates, products_changed):
+        written = where(dataset.name)
+        write_curated(frame, dataset, written, replaced)
+        schema = typed_schema(dataset, with_order_date=replaced is not None)
+        frames[dataset.name] = frame.sparkSession.read.schema(schema).parquet(written)
+    return Tables(products=frames["products"], orders=frames["orders"], items=frames["order_items"])
+
+
+def _curated_parts_of(changes: KpiPlan) -> list[tuple[Dataset, DataFrame, list[date] | None]]:
+    return curated_parts(changes.new_state, changes.dates, changes.products_changed)
+
+
+def write_curated(
+    frame: DataFrame, dataset: Dataset, local: Path | str, dates: list[date] | None
+) -> None:
+    """Write new curated rows of ``dataset`` as Parquet to a local folder or a URI
+    (partitioned by order_date if dated)."""
+    writer = frame.write.mode("overwrite").options(**parquet_options(dataset))
     if dates is not None:
         writer = writer.partitionBy("order_date")
     writer.parquet(str(local))
@@ -467,11 +508,12 @@ def _stale_keys(store: Store, prefix: str, dates: list[date] | None) -> list[str
 
 def _replace_curated(store: Store, changes: KpiPlan, local: Path, batch_id: str) -> None:
     """Replace the affected curated partitions (and products, if the batch has any) under the
-    journal: write locally, journal what comes and goes, upload, commit, delete, clear."""
+    journal, from the new rows :func:`write_new_state` wrote to ``local``/<dataset>: journal
+    what comes and goes, upload, commit, delete, clear."""
     replaced: list[tuple[Path, str, list[str]]] = []  # local folder, prefix, stale keys
-    for name, frame, dates in curated_parts(changes):
+    for dataset, _, dates in _curated_parts_of(changes):
+        name = dataset.name
         prefix = curated_prefix(name)
-        write_curated(frame, local / name, dates)
         replaced.append((local / name, prefix, _stale_keys(store, prefix, dates)))
     if not replaced:
         return
@@ -489,21 +531,36 @@ def _replace_curated(store: Store, changes: KpiPlan, local: Path, batch_id: str)
     store.delete([curated_journal_key()])
 
 
-def _replace_curated_in_place(store: Store, changes: KpiPlan, batch_id: str) -> None:
-    """:func:`_replace_curated` in direct I/O mode: Spark writes the new partitions to the run's
-    generation folder (``curated/_new/<batch>/<dataset>/``), then the journal lists the keys
-    they get under the dataset's prefix, the store copies them there, commits, deletes the
-    replaced objects and the generation, and clears the journal."""
-    # a generation a run left before it wrote its journal (it died writing) is not data: the
-    # lock is held, so no other run writes one now
+def _clear_generations(store: Store, batch_id: str) -> str:
+    """Delete every generation folder a run left before it wrote its journal (it died
+    writing: not data; the lock is held, so no other run writes one now) and return this
+    run's (``curated/_new/<batch>/``), where direct I/O writes its new curated rows."""
     store.delete([o.key for o in store.list(CURATED_GENERATIONS)])
+    return curated_generation_prefix(batch_id)
+
+
+def _new_rows_location(store: Store, batch_id: str, local: Path | None) -> Callable[[str], str]:
+    """Where :func:`write_new_state` writes a dataset's new curated rows: ``local``/<dataset>,
+    or with direct I/O (``local`` None) the run's generation folder outside every dataset's
+    prefix. Nothing in the curated store changes until the journal moves them in."""
+    if local is not None:
+        return lambda name: str(local / name)
+    generation = _clear_generations(store, batch_id)
+    return lambda name: store.uri(f"{generation}{name}/")
+
+
+def _replace_curated_in_place(store: Store, changes: KpiPlan, batch_id: str) -> None:
+    """:func:`_replace_curated` in direct I/O mode: Spark wrote the new partitions to the run's
+    generation folder (``curated/_new/<batch>/<dataset>/``, :func:`write_new_state`); the
+    journal lists the keys they get under the dataset's prefix, the store copies them there,
+    commits, deletes the replaced objects and the generation, and clears the journal."""
     generation = curated_generation_prefix(batch_id)
     copies: list[tuple[str, str]] = []  # generation key -> key in the store
     stale: list[str] = []
-    for name, frame, dates in curated_parts(changes):
+    for dataset, _, dates in _curated_parts_of(changes):
+        name = dataset.name
         prefix = curated_prefix(name)
         folder = f"{generation}{name}/"
-        write_curated(frame, store.uri(folder), dates)
         copies += [(key, prefix + key[len(folder) :]) for key in data_keys(store, folder)]
         stale += _stale_keys(store, prefix, dates)
     if not copies and not stale:

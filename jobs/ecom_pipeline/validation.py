@@ -33,6 +33,7 @@ from ecom_pipeline.ingest import (
     expected_checkable_columns,
     file_has_no_data_rows,
     file_header,
+    parquet_options,
     read_raw,
     to_checkable,
     typed_schema,
@@ -346,7 +347,9 @@ def check_dataset(
         with logs.step(log, "stage accepted rows", rows=rows, to=stage_uri or "work dir"):
             if stage_uri is None:
                 staged = work / "staged"
-            accepted(frame, dataset).write.mode("overwrite").parquet(stage_uri or str(staged))
+            accepted(frame, dataset).write.mode("overwrite").options(
+                **parquet_options(dataset)
+            ).parquet(stage_uri or str(staged))
         seconds["stage"] = time.perf_counter() - clock
     frame.unpersist()
     return CheckOutcome(
