@@ -1,7 +1,9 @@
 """KPI job: merge a validated batch into the curated store and recompute the KPIs it touches.
 
 extract (staged batch rows, curated store) -> transform (merge, KPIs; pure, in curated.py and
-kpis.py) -> load (DynamoDB items first, then the curated partitions).
+kpis.py) -> load (DynamoDB items first, then the curated partitions). The merged rows of the
+affected dates are written as Parquet outside the store first (:func:`write_new_state`), and
+the KPIs are computed from those files, so the merge runs once rather than once per table.
 
 The whole run holds the curated-store lease (lock.py), so two batches never read-merge-write
 at the same time (no lost update).
@@ -96,7 +98,7 @@ COPY_THREADS = 16
 
 # writes a batch's new curated rows and hands them back read from what it wrote
 # (see :func:`write_new_state`)
-StageNewState = Callable[["Tables", list[date], bool], "Tables"]
+StageNewState = Callable[[Tables, list[date], bool], Tables]
 
 
 @dataclass
