@@ -88,7 +88,7 @@ from ecom_pipeline.storage import (
     kpi_result_key,
     staging_prefix,
 )
-from ecom_pipeline.validation import read_curated, read_curated_at
+from ecom_pipeline.validation import curated_schema, read_curated, read_curated_at
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,6 @@ class KpiPlan:
     order_deletes: DataFrame
     new_state: Tables
     products_changed: bool
-    store_empty: bool = False  # the curated store had no rows before this batch
 
 
 @dataclass
@@ -136,15 +135,13 @@ class KpiReport:
     step_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def without_empty(old: Tables) -> tuple[Tables, bool]:
+def without_empty(old: Tables) -> Tables:
     """The curated tables with an empty one replaced by an empty local relation
     (``limit(0)``), so that Spark's optimizer drops every join and union with it (the first
-    batch's anti-joins against an empty store then cost nothing), and whether all were empty.
-    Same rows; one tiny job per table to find out."""
+    batch's anti-joins against an empty store then cost nothing). Same rows; one tiny job per
+    table to find out."""
     frames = (old.products, old.orders, old.items)
-    empty = [frame.isEmpty() for frame in frames]
-    pruned = [frame.limit(0) if none else frame for frame, none in zip(frames, empty, strict=True)]
-    return Tables(*pruned), all(empty)
+    return Tables(*(frame.limit(0) if frame.isEmpty() else frame for frame in frames))
 
 
 def plan(old: Tables, batch: Batch, stage: StageNewState | None = None) -> KpiPlan:
@@ -154,7 +151,7 @@ def plan(old: Tables, batch: Batch, stage: StageNewState | None = None) -> KpiPl
     affected dates (which the curated store needs anyway) are then joined to their orders and
     written once, and the KPIs read them back from those files instead of repeating the merge
     and its join for each table (at 10M items that join is a shuffle of every item row)."""
-    old, store_empty = without_empty(old)
+    old = without_empty(old)
     dates = sorted(row.order_date for row in affected_dates(old, batch).collect())
     products_changed = batch.products is not None
     new_state = merge(old, batch, dates)
@@ -187,7 +184,6 @@ def plan(old: Tables, batch: Batch, stage: StageNewState | None = None) -> KpiPl
         order_deletes=order_deletes,
         new_state=new_state,
         products_changed=products_changed,
-        store_empty=store_empty,
     )
 
 
@@ -481,8 +477,9 @@ def write_new_state(
     for dataset, frame, replaced in curated_parts(new_state, dates, products_changed):
         written = where(dataset.name)
         write_curated(frame, dataset, written, replaced)
-        schema = typed_schema(dataset, with_order_date=replaced is not None)
-        frames[dataset.name] = frame.sparkSession.read.schema(schema).parquet(written)
+        frames[dataset.name] = frame.sparkSession.read.schema(curated_schema(dataset)).parquet(
+            written
+        )
     return Tables(products=frames["products"], orders=frames["orders"], items=frames["order_items"])
 
 

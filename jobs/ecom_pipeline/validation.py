@@ -20,7 +20,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType
+from pyspark.sql.types import LongType, StructType
 
 from ecom_pipeline import logs
 from ecom_pipeline.config import PipelineConfig
@@ -208,10 +208,15 @@ def read_checkable(spark: SparkSession, dataset: Dataset, files: list[DataFile])
     return to_checkable(read_raw(spark, files), dataset)
 
 
+def curated_schema(dataset: Dataset) -> StructType:
+    """The schema of a dataset's rows in the curated store: orders and items carry the
+    ``order_date`` they are partitioned by, products are not partitioned."""
+    return typed_schema(dataset, with_order_date=dataset.name != "products")
+
+
 def read_curated(spark: SparkSession, local_dir: Path, dataset: Dataset) -> DataFrame:
     """The curated store of a dataset staged to local_dir (empty frame if nothing yet)."""
-    partitioned = dataset.name != "products"
-    schema = typed_schema(dataset, with_order_date=partitioned)
+    schema = curated_schema(dataset)
     if not any(local_dir.rglob("*.parquet")):
         return spark.createDataFrame([], schema)
     return spark.read.schema(schema).parquet(str(local_dir))
@@ -220,8 +225,7 @@ def read_curated(spark: SparkSession, local_dir: Path, dataset: Dataset) -> Data
 def read_curated_at(spark: SparkSession, store: Store, dataset: Dataset) -> DataFrame:
     """The curated store of a dataset read in place at the store's URI (direct I/O; empty
     frame if nothing yet)."""
-    partitioned = dataset.name != "products"
-    schema = typed_schema(dataset, with_order_date=partitioned)
+    schema = curated_schema(dataset)
     prefix = curated_prefix(dataset.name)
     if not any(key.endswith(".parquet") for key in data_keys(store, prefix)):
         return spark.createDataFrame([], schema)
