@@ -38,6 +38,13 @@ class Batch:
     items: DataFrame | None
 
 
+def empty_as_local(frame: DataFrame) -> DataFrame:
+    """``frame``, or when it has no rows an empty local relation (``limit(0)``), so that
+    Spark's optimizer drops every join and union with it (a first batch's anti-joins against
+    an empty store then cost nothing, and nothing is read twice). Same rows; one tiny job."""
+    return frame.limit(0) if frame.isEmpty() else frame
+
+
 def _replace(old: DataFrame, new: DataFrame | None, key: str) -> DataFrame:
     if new is None:
         return old

@@ -59,6 +59,7 @@ from ecom_pipeline.curated import (
     Batch,
     Tables,
     affected_dates,
+    empty_as_local,
     merge,
     rows_for,
     window_dates,
@@ -136,12 +137,8 @@ class KpiReport:
 
 
 def without_empty(old: Tables) -> Tables:
-    """The curated tables with an empty one replaced by an empty local relation
-    (``limit(0)``), so that Spark's optimizer drops every join and union with it (the first
-    batch's anti-joins against an empty store then cost nothing). Same rows; one tiny job per
-    table to find out."""
-    frames = (old.products, old.orders, old.items)
-    return Tables(*(frame.limit(0) if frame.isEmpty() else frame for frame in frames))
+    """The curated tables, each empty one as an empty local relation (:func:`empty_as_local`)."""
+    return Tables(*(empty_as_local(frame) for frame in (old.products, old.orders, old.items)))
 
 
 def plan(old: Tables, batch: Batch, stage: StageNewState | None = None) -> KpiPlan:
@@ -237,11 +234,6 @@ def fingerprint_of(stats: dict[str, tuple[int, str]]) -> dict[str, str]:
     """The fingerprint of :func:`batch_stats`: the same rows give the same fingerprint,
     whatever the files."""
     return {name: f"{rows}:{digest}" for name, (rows, digest) in stats.items()}
-
-
-def fingerprint(batch: Batch) -> dict[str, str]:
-    """Per staged dataset, ``rows:hash`` (see :func:`batch_stats`)."""
-    return fingerprint_of(batch_stats(batch))
 
 
 @contextmanager

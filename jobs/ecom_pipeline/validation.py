@@ -25,6 +25,7 @@ from pyspark.sql.types import LongType, StructType
 from ecom_pipeline import logs
 from ecom_pipeline.config import PipelineConfig
 from ecom_pipeline.contract import DATASETS, Dataset, dataset_of_file
+from ecom_pipeline.curated import empty_as_local
 from ecom_pipeline.ingest import (
     HEAD_BYTES,
     DataFile,
@@ -486,10 +487,9 @@ def known_references(
             curated_rows = curated[target.name]
         else:
             curated_rows = read_curated(spark, (curated_dirs or {})[target.name], target)
-        if curated_rows.isEmpty():
-            # an empty local relation: the optimizer drops the anti-join and union with it,
-            # so the batch's rows of the target are parsed once, not twice
-            curated_rows = curated_rows.limit(0)
+        # empty: the optimizer drops the anti-join and union with it, so the batch's rows of
+        # the target are parsed once, not twice
+        curated_rows = empty_as_local(curated_rows)
         keep = [fk.target_column] + (["user_id"] if target.name == "orders" else [])
         candidates = batch_files.get(target.name, [])
         readable = [
