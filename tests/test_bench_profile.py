@@ -39,7 +39,8 @@ def test_a_worker_with_an_event_log_gives_its_profile(tmp_path):
     assert read["spark_jobs"] >= 1
     assert stage["spark_jobs"] >= 1
     # the suite's metrics are GX's own Spark jobs, started while the expectations step ran
-    assert found["by_origin"]["great_expectations"]["jobs"] >= 5
+    # (products: its row rules in one aggregate, the row count, the key's uniqueness)
+    assert found["by_origin"]["great_expectations"]["jobs"] >= 3
     assert expectations["spark_jobs"] >= found["by_origin"]["great_expectations"]["jobs"]
     assert found["spark_jobs"] == sum(s["spark_jobs"] for s in found["steps"].values())
     assert 0 < found["spark_busy_s"] <= found["wall_s"]

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 ORPHAN_SUFFIX = "__orphan"
 ORDER_USER_ID = "order__user_id"
+# both user ids where an item's differs from its order's (the rule's column, null when they agree)
+USER_MISMATCH = "user_id__not_the_orders"
 # Referenced datasets small enough to broadcast to the join with the checked rows (products is
 # the catalogue, a dimension; the kpi job broadcasts it too), so the checked rows are not
 # shuffled for their reference to it.
@@ -65,7 +67,7 @@ def reference_columns(dataset: Dataset) -> list[str]:
     """Diagnostic columns the referential checks add to a checkable frame."""
     names = [f"{fk.column}{ORPHAN_SUFFIX}" for fk in dataset.foreign_keys]
     if any(fk.dataset == "orders" for fk in dataset.foreign_keys):
-        names.append(ORDER_USER_ID)
+        names += [ORDER_USER_ID, USER_MISMATCH]
     return names
 
 
@@ -77,7 +79,8 @@ def with_reference_checks(
     checkable: DataFrame, dataset: Dataset, known: dict[str, DataFrame]
 ) -> DataFrame:
     """Add ``<fk>__orphan`` (the value when the referenced row is unknown) and, for items, the
-    referenced order's user_id, so the suite can check references like any other column.
+    referenced order's user_id and ``user_id__not_the_orders`` (both ids where they differ), so
+    the suite can check references like any other column.
 
     ``known[dataset]`` holds the referenced dataset's rows: this batch's together with all
     accepted before, one row per key.
@@ -100,8 +103,18 @@ def with_reference_checks(
         frame = frame.withColumn(
             orphan, F.when(F.col(fk.column).isNotNull() & F.col(marker).isNull(), F.col(fk.column))
         ).drop(marker)
-    if ORDER_USER_ID in reference_columns(dataset) and ORDER_USER_ID not in frame.columns:
-        frame = frame.withColumn(ORDER_USER_ID, F.lit(None).cast(LongType()))
+    if ORDER_USER_ID in reference_columns(dataset):
+        if ORDER_USER_ID not in frame.columns:
+            frame = frame.withColumn(ORDER_USER_ID, F.lit(None).cast(LongType()))
+        if "user_id" in frame.columns:
+            item_user, order_user = F.col("user_id"), F.col(ORDER_USER_ID)
+            both = F.concat(
+                F.lit("item's "), item_user.cast("string"),
+                F.lit(", order's "), order_user.cast("string"),
+            )  # fmt: skip
+            frame = frame.withColumn(USER_MISMATCH, F.when(item_user != order_user, both))
+        else:
+            frame = frame.withColumn(USER_MISMATCH, F.lit(None).cast("string"))
     return frame
 
 
