@@ -506,9 +506,7 @@ def to_checkable(raw: DataFrame, dataset: Dataset) -> DataFrame:
                 )
                 selected.append(bad_text.alias(unparsable_column(column.name)))
             if column.required:
-                absent = F.col(MALFORMED_ROW).isNull() & (
-                    raw_value.isNull() | (F.trim(raw_value) == "")
-                )
+                absent = well_formed & (raw_value.isNull() | (F.trim(raw_value) == ""))
                 selected.append(
                     F.when(absent, F.coalesce(raw_value, F.lit(""))).alias(
                         missing_column(column.name)
