@@ -26,7 +26,7 @@ def _thread_ids() -> set[int]:
     }
 
 
-def _threads_after_stop(before: set[int]) -> set[int]:
+def _new_threads_after_stop(before: set[int]) -> set[int]:
     """moto's threads that were not there ``before``, once a stopped server's request threads
     have ended: a thread serving a kept-alive connection ends when its client's socket closes,
     which for a dropped boto3 client (reference cycles) is at the next garbage collection.
@@ -79,7 +79,7 @@ def test_two_instances_in_sequence_each_start_clean_and_leave_no_threads():
         )
         first.client("sns").publish(TopicArn=first.topic_arn, Message="hello")
         assert len(first.notifications()) == 1
-    assert _threads_after_stop(before) == set()
+    assert _new_threads_after_stop(before) == set()
     assert _moto_tables() == []  # leaving forgot everything
     with pytest.raises(RuntimeError, match="not open"):
         first.client("s3")
@@ -92,7 +92,7 @@ def test_two_instances_in_sequence_each_start_clean_and_leave_no_threads():
         assert second.notifications() == []
         buckets = [b["Name"] for b in second.client("s3").list_buckets()["Buckets"]]
         assert buckets == ["ecom-pipeline-local"]
-    assert _threads_after_stop(before) == set()
+    assert _new_threads_after_stop(before) == set()
 
 
 @pytest.fixture(scope="module")
