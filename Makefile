@@ -1,11 +1,10 @@
-# Fresh machine: Python 3.11 and Java 17. `make demo` and `make test` create .venv/ on first use
-# and reuse it afterwards.
+# Fresh machine: Python 3.11 and Java 17. Every target creates .venv/ on first use and reuses it.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean bench
+.PHONY: demo test test-fast lint install system-deps clean bench
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,22 +15,36 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# What the end-to-end tests need besides Python: Java 17 for Spark, Chromium for the browser
+# tests (installed with apt-get when this runs as root on Debian, else named and refused).
+system-deps:
+	@bash .ci/system-deps
+
 BENCH_ARGS ?=
 
-# Spark jobs against DuckDB and pandas on 100k/1M/10M items (20-40 minutes; see README "Benchmark").
+# Spark jobs against DuckDB and pandas on 100k/1M/10M items (20-40 minutes; see docs/benchmark.md).
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/ecom-pipeline demo --out demo-out
 
-test: $(STAMP)
+# The everyday loop: lint, the import contracts and the unit tests (a few minutes).
+test-fast: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -m unit
+
+# Everything CI runs: lint, the import contracts, unit, integration (moto) and end-to-end tests.
+test: $(STAMP) system-deps
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

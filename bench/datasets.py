@@ -1,7 +1,7 @@
 """Seeded benchmark datasets made by the project's generator, cached in ``.bench-cache/``.
 
 A dataset is keyed by its target item count, the seed, the layout (days, part files) and the
-generator's version (a hash of ``ecom_pipeline/generator.py``): change any of them and it is
+generator's version (a hash of ``ecom_pipeline/local/generator.py``): change any of them and it is
 generated anew; otherwise the cached files are reused between runs.
 """
 
@@ -13,8 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecom_pipeline import generator
-from ecom_pipeline.contract import DATASET_ORDER, dataset_of_file
+from ecom_pipeline.core.contract import DATASET_ORDER, dataset_of_file
+from ecom_pipeline.local import generator
 
 # The generator draws 1-4 items per order with weights 40/30/20/10 %: 2.0 items per order.
 ITEMS_PER_ORDER = 2.0

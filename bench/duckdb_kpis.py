@@ -1,4 +1,4 @@
-"""The pipeline's KPIs (README "KPIs", ``ecom_pipeline.contract``) as one DuckDB query per table,
+"""The pipeline's KPIs (``ecom_pipeline.core.contract``) as one DuckDB query per table,
 straight from the batch's CSV files: what a user would write instead of the pipeline.
 
 Typed reads (ids BIGINT, sale_price DECIMAL(18,2)); ``order_date`` is the UTC date of the order's
@@ -17,7 +17,7 @@ import duckdb
 
 from bench.datasets import dataset_files
 from bench.kpi_rows import CategoryRows, OrderRows, category_row, from_cents, order_row
-from ecom_pipeline.contract import RATE_SCALE, RETURNED_STATUS, WINDOW_DAYS
+from ecom_pipeline.core.contract import RATE_SCALE, RETURNED_STATUS, WINDOW_DAYS
 
 _SOURCES = """
 CREATE TEMP VIEW products AS

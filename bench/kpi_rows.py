@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from ecom_pipeline.contract import (
+from ecom_pipeline.core.contract import (
     CATEGORY_ITEM_ATTRIBUTES,
     CATEGORY_KPIS,
     MONEY_SCALE,

@@ -1,4 +1,4 @@
-"""The pipeline's KPIs (README "KPIs", ``ecom_pipeline.contract``) in pandas, straight from the
+"""The pipeline's KPIs (README "KPIs", ``ecom_pipeline.core.contract``) in pandas, straight from the
 batch's CSV files: the script a user would write instead of the pipeline.
 
 ``order_date`` is the UTC date of the order's ``created_at`` (ISO 8601, naive values are UTC);
@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.datasets import dataset_files
 from bench.kpi_rows import CategoryRows, OrderRows, category_row, from_cents, order_row
-from ecom_pipeline.contract import RATE_SCALE, RETURNED_STATUS, WINDOW_DAYS
+from ecom_pipeline.core.contract import RATE_SCALE, RETURNED_STATUS, WINDOW_DAYS
 
 
 def _read(paths: list[Path], columns: dict[str, str]) -> pd.DataFrame:

@@ -1,10 +1,10 @@
 """Where a measured job spends its time, from Spark's event log (``python -m bench --profile``).
 
 Each Spark worker of ``bench.worker`` writes an event log (``SPARK_EVENT_LOG_DIR``, see
-``ecom_pipeline.spark.get_spark``). This module reads it and, for every run the worker timed,
-sums what Spark did during it: each job (its call site, wall time, tasks, rows read from files,
-shuffle bytes written and read, rows written), grouped by the part of the code that started it
-(the job's own modules, Great Expectations, the bench harness), and the time no Spark job was
+``ecom_pipeline.adapters.spark.get_spark``). This module reads it and, for every run the worker
+timed, sums what Spark did during it: each job (its call site, wall time, tasks, rows read from
+files, shuffle bytes written and read, rows written), grouped by the part of the code that started
+it (the job's own modules, Great Expectations, the bench harness), and the time no Spark job was
 running (Python on the driver: GX building metrics and rendering Data Docs, planning, file
 checks). The JVM start is the time the worker took to get its SparkSession (before any run).
 """

@@ -5,7 +5,7 @@ own process tree (so its peak RSS is its own): the three validation jobs, one pl
 same files, the KPI job, DuckDB and pandas computing the same KPIs from the same CSV files. Every
 measurement is a warm-up run (excluded) and N timed runs (median quoted). The three engines'
 KPI rows must be identical, or the run fails. Then the local demo on the seed sample, the targets
-of issue 5, ``bench/results.json``, ``bench/results.png`` and the table in README.md.
+of issue 5, ``bench/results.json``, ``bench/results.png`` and the table in docs/benchmark.md.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Any
 from bench.datasets import BenchDataset, cache_key, ensure_dataset, generator_version
 from bench.kpi_rows import CategoryRows, OrderRows, differences
 from bench.measure import run_sampled, run_sampled_here
-from ecom_pipeline.contract import DATASET_ORDER
-from ecom_pipeline.tiers import MIB, Tier, choose_tier
+from ecom_pipeline.core.contract import DATASET_ORDER
+from ecom_pipeline.core.tiers import MIB, Tier, choose_tier
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SIZES = (100_000, 1_000_000, 10_000_000)
-README_START = "<!-- bench-table:start (written by make bench; do not edit by hand) -->"
-README_END = "<!-- bench-table:end -->"
+TABLE_START = "<!-- bench-table:start (written by make bench; do not edit by hand) -->"
+TABLE_END = "<!-- bench-table:end -->"
 SPARK_TASKS = (*(f"validate:{name}" for name in DATASET_ORDER), "scan", "kpis")
 ENGINE_TASKS = ("duckdb", "pandas")
 
@@ -91,8 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".bench-cache")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--chart", type=Path, default=ROOT / "bench" / "results.png")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
-    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument(
+        "--page",
+        type=Path,
+        default=ROOT / "docs" / "benchmark.md",
+        help="the page whose table is rewritten (default: docs/benchmark.md)",
+    )
+    parser.add_argument("--no-page", action="store_true", help="leave the page alone")
     parser.add_argument(
         "--seed-sample",
         type=Path,
@@ -492,7 +497,7 @@ def _versions() -> dict[str, str]:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """The README section's tables, from results.json."""
+    """The benchmark page's tables, from results.json."""
     head = (
         "| items | CSV | tier | validation (3 jobs) | one scan | validation / scan | KPI job "
         "| DuckDB | pandas | KPI job / DuckDB | KPI job / pandas | KPI job items/s "
@@ -551,14 +556,14 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def rewrite_readme(readme: Path, table: str) -> None:
-    """Replace the text between the README's bench markers with ``table``."""
-    text = readme.read_text(encoding="utf-8")
-    start, end = text.find(README_START), text.find(README_END)
+def rewrite_page(page: Path, table: str) -> None:
+    """Replace the text between the page's bench markers with ``table``."""
+    text = page.read_text(encoding="utf-8")
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
     if start < 0 or end < start:
-        raise BenchError(f"{readme}: markers {README_START!r} ... {README_END!r} not found")
-    new = text[: start + len(README_START)] + "\n" + table + "\n" + text[end:]
-    readme.write_text(new, encoding="utf-8")
+        raise BenchError(f"{page}: markers {TABLE_START!r} ... {TABLE_END!r} not found")
+    new = text[: start + len(TABLE_START)] + "\n" + table + "\n" + text[end:]
+    page.write_text(new, encoding="utf-8")
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -610,8 +615,8 @@ def write_outputs(args: argparse.Namespace, results: dict[str, Any]) -> None:
     args.results.write_text(json.dumps(results, indent=2) + "\n")
     if results["sizes"]:
         chart(results, args.chart)
-        if not args.no_readme:
-            rewrite_readme(args.readme, markdown_table(results))
+        if not args.no_page:
+            rewrite_page(args.page, markdown_table(results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -659,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"\nbench FAILED: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {args.results}, {args.chart}" + ("" if args.no_readme else f", {args.readme}"))
+    print(f"wrote {args.results}, {args.chart}" + ("" if args.no_page else f", {args.page}"))
     for t in results["targets"]:
         print(f"  [{t['status']}] {t['target']}: {t['measured']}")
     return 0

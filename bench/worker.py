@@ -26,7 +26,7 @@ from bench.kpi_rows import CategoryRows, OrderRows, category_row, order_row
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from ecom_pipeline.ingest import DataFile
+    from ecom_pipeline.transforms.ingest import DataFile
 
 
 WARMUPS = 1
@@ -55,7 +55,7 @@ def _spark() -> SparkSession:
     global SPARK_START_S
     from pyspark.sql import SparkSession
 
-    from ecom_pipeline.spark import get_spark
+    from ecom_pipeline.adapters.spark import get_spark
 
     fresh = SparkSession.getActiveSession() is None
     clock = time.perf_counter()
@@ -66,15 +66,15 @@ def _spark() -> SparkSession:
 
 
 def _data_files(batch: Path, dataset: str) -> list[DataFile]:
-    from ecom_pipeline.ingest import DataFile
+    from ecom_pipeline.transforms.ingest import DataFile
 
     root = batch
     return [DataFile(p, p.relative_to(root).as_posix()) for p in dataset_files(root)[dataset]]
 
 
 def validate(batch: Path, work: Path, dataset_name: str, runs: int) -> dict[str, Any]:
-    from ecom_pipeline.contract import DATASETS
-    from ecom_pipeline.validation import check_dataset, known_references
+    from ecom_pipeline.core.contract import DATASETS
+    from ecom_pipeline.tasks.validation import check_dataset, known_references
 
     spark = _spark()
     dataset = DATASETS[dataset_name]
@@ -117,7 +117,7 @@ def scan(batch: Path, runs: int) -> dict[str, Any]:
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType
 
-    from ecom_pipeline.ingest import csv_reader, read_header
+    from ecom_pipeline.transforms.ingest import csv_reader, read_header
 
     spark = _spark()
     files = dataset_files(batch)
@@ -142,11 +142,11 @@ def scan(batch: Path, runs: int) -> dict[str, Any]:
 
 
 def kpis(work: Path, runs: int) -> dict[str, Any]:
-    from ecom_pipeline.contract import DATASETS
-    from ecom_pipeline.curated import Batch, Tables
-    from ecom_pipeline.ingest import typed_schema
-    from ecom_pipeline.kpi_job import batch_stats, persisted, plan, write_new_state
-    from ecom_pipeline.validation import read_curated
+    from ecom_pipeline.core.contract import DATASETS
+    from ecom_pipeline.tasks.kpi_job import batch_stats, persisted, plan, write_new_state
+    from ecom_pipeline.tasks.validation import read_curated
+    from ecom_pipeline.transforms.curated import Batch, Tables
+    from ecom_pipeline.transforms.ingest import typed_schema
 
     spark = _spark()
     staged = work / "staged"

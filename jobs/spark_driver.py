@@ -7,8 +7,8 @@ a cluster manager, EMR Serverless included, sees a rejected batch as a failed ru
     spark-submit --master spark://HOST:7077 jobs/spark_driver.py validate --batch-id B --dataset D
     spark-submit --master spark://HOST:7077 jobs/spark_driver.py compute-kpis --batch-id B
 
-The master, cores and memory come from spark-submit; ``ecom_pipeline.spark.get_spark`` keeps
-them (it only picks a master itself outside spark-submit, or when ``SPARK_MASTER`` is set).
+The master, cores and memory come from spark-submit; ``adapters.spark.get_spark`` keeps them
+(it only picks a master itself outside spark-submit, or when ``SPARK_MASTER`` is set).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A small pure-Python reference for the KPI tables, used to check the Spark pipeline.
 
-It follows the KPI definitions in ``ecom_pipeline.contract`` by a different method than the
+It follows the KPI definitions in ``ecom_pipeline.core.contract`` by a different method than the
 pipeline (plain loops over dicts of CSV rows, stdlib ``csv`` and ``decimal`` only), so tests can
 compare the two. It assumes valid data: items whose order or product is missing are skipped here,
 whereas the pipeline rejects them before computing KPIs.
@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from pathlib import Path
 
-from ecom_pipeline import contract
+from ecom_pipeline.core import contract
 
 MONEY_QUANTUM = Decimal(1).scaleb(-contract.MONEY_SCALE)  # 0.01
 RATE_QUANTUM = Decimal(1).scaleb(-contract.RATE_SCALE)  # 0.0001

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import date
@@ -13,10 +12,17 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ecom_pipeline import logs
-from ecom_pipeline.config import ENVIRONMENT, ConfigError
-from ecom_pipeline.contract import CATEGORY_TABLE, DATASETS, ORDER_TABLE, ExitCode
-from ecom_pipeline.query import QueryError
+from ecom_pipeline.core import logs
+from ecom_pipeline.core.contract import DATASETS, ExitCode
+from ecom_pipeline.core.settings import (
+    AwsSettings,
+    ConfigError,
+    Settings,
+    TriggerSettings,
+    execution_id_from,
+    kpi_tables,
+)
+from ecom_pipeline.read.query import QueryError
 
 log = logging.getLogger("ecom_pipeline")
 
@@ -192,18 +198,22 @@ def _add_range_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config(args: argparse.Namespace):  # noqa: ANN202 - imported lazily with its job
-    from ecom_pipeline.aws import AwsSettings
-    from ecom_pipeline.config import PipelineConfig
-
-    env = AwsSettings.from_env(args.environ)
-    aws = AwsSettings(
-        region=args.region or env.region, endpoint_url=args.endpoint_url or env.endpoint_url
+def _aws_settings(args: argparse.Namespace) -> AwsSettings:
+    """Where AWS is: the flags win over the environment."""
+    return AwsSettings.from_env(
+        args.environ,
+        region=args.region,
+        endpoint_url=args.endpoint_url,
+        profile=getattr(args, "profile", None),
     )
-    return PipelineConfig.from_env(
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The job's settings, read once: the environment, then the command line's flags."""
+    return Settings.from_env(
         args.environ,
         bucket=args.bucket,
-        aws=aws,
+        aws=_aws_settings(args),
         category_table=args.category_table,
         order_table=args.order_table,
         work_dir=args.work_dir,
@@ -212,17 +222,16 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - imported lazily with it
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ecom_pipeline.spark import get_spark
-    from ecom_pipeline.validation import validate_dataset
+    from ecom_pipeline.adapters.spark import get_spark
+    from ecom_pipeline.tasks.validation import validate_dataset
 
-    config = _config(args)
-    env = os.environ if args.environ is None else args.environ
+    settings = _settings(args)
     report = validate_dataset(
-        get_spark(f"validate-{args.dataset}"),
-        config,
+        get_spark(f"validate-{args.dataset}", settings.spark),
+        settings,
         args.batch_id,
         args.dataset,
-        execution_id=env.get("EXECUTION_ID") or None,
+        execution_id=settings.execution_id,
     )
     print(json.dumps(report.as_dict(), default=str))
     for message in report.messages():
@@ -231,12 +240,13 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _compute_kpis(args: argparse.Namespace) -> int:
-    from ecom_pipeline.kpi_job import compute_kpis
-    from ecom_pipeline.spark import get_spark
+    from ecom_pipeline.adapters.spark import get_spark
+    from ecom_pipeline.tasks.kpi_job import compute_kpis
 
+    settings = _settings(args)
     report = compute_kpis(
-        lambda: get_spark("compute-kpis"),
-        _config(args),
+        lambda: get_spark("compute-kpis", settings.spark),
+        settings,
         args.batch_id,
         received_at=args.received_at or None,
     )
@@ -245,51 +255,42 @@ def _compute_kpis(args: argparse.Namespace) -> int:
 
 
 def _move_batch(args: argparse.Namespace) -> int:
-    from ecom_pipeline.custody import move_batch
+    from ecom_pipeline.tasks.custody import move_batch
 
-    env = os.environ if args.environ is None else args.environ
+    settings = _settings(args)
     result = move_batch(
-        _config(args),
+        settings,
         args.batch_id,
         args.destination,
         stage=args.stage,
-        execution_id=env.get("EXECUTION_ID") or None,
+        execution_id=settings.execution_id,
     )
     print(json.dumps(result))
     return ExitCode.OK
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ecom_pipeline.aws import AwsSettings
-    from ecom_pipeline.orchestration import kpi_retry_wait_from
-    from ecom_pipeline.replay import ReplayRefusedError, replay_batch, wait_for
-    from ecom_pipeline.storage import BucketStore
+    from ecom_pipeline.adapters.aws import make_client
+    from ecom_pipeline.adapters.storage import BucketStore
+    from ecom_pipeline.ops.replay import ReplayRefusedError, replay_batch, wait_for
 
-    env = os.environ if args.environ is None else args.environ
-    state_machine_arn = args.state_machine_arn or env.get("STATE_MACHINE_ARN")
-    bucket = args.bucket or env.get(ENVIRONMENT["bucket"])
-    if not state_machine_arn or not bucket:
-        raise ConfigError(
-            "replay needs --state-machine-arn (or $STATE_MACHINE_ARN) and --bucket (or "
-            "$PIPELINE_BUCKET): the stack outputs StateMachineArn and DataBucketName"
-        )
-    defaults = AwsSettings.from_env(env)
-    aws = AwsSettings(
-        region=args.region or defaults.region,
-        endpoint_url=args.endpoint_url or defaults.endpoint_url,
-    )
     try:
-        kpi_retry_wait_s = kpi_retry_wait_from(env)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    sfn = aws.client("stepfunctions")
+        settings = Settings.from_env(args.environ, bucket=args.bucket, aws=_aws_settings(args))
+        trigger = TriggerSettings.from_env(args.environ, state_machine_arn=args.state_machine_arn)
+    except ConfigError as e:
+        raise ConfigError(
+            f"replay: {e} (--state-machine-arn and --bucket: the stack outputs StateMachineArn "
+            "and DataBucketName)"
+        ) from e
+    aws = settings.aws
+    sfn = make_client(aws, "stepfunctions")
     try:
         result = replay_batch(
             sfn,
-            BucketStore(bucket, aws),
-            state_machine_arn,
+            BucketStore(settings.bucket, aws),
+            trigger.state_machine_arn,
             args.batch_id,
-            kpi_retry_wait_s=kpi_retry_wait_s,
+            kpi_retry_wait_s=trigger.kpi_retry_wait_s,
         )
     except ReplayRefusedError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -310,7 +311,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from ecom_pipeline.generator import generate
+    from ecom_pipeline.local.generator import generate
 
     summary = generate(
         args.out,
@@ -329,9 +330,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _run_local(args: argparse.Namespace) -> int:
-    from ecom_pipeline.run_local import run_local
+    from ecom_pipeline.local.ecs_stand_in import InProcessRunner
+    from ecom_pipeline.local.run_local import run_local
 
-    summary = run_local(args.batch_dirs, args.export)
+    summary = run_local(args.batch_dirs, args.export, runner=InProcessRunner(main))
     _print_summary(summary)
     return ExitCode.OK if summary.success else ExitCode.DATA_REJECTED
 
@@ -349,14 +351,15 @@ def _print_summary(summary) -> None:  # noqa: ANN001
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ecom_pipeline.generator import generate
-    from ecom_pipeline.report import print_tables
-    from ecom_pipeline.run_local import run_local
+    from ecom_pipeline.local.ecs_stand_in import InProcessRunner
+    from ecom_pipeline.local.generator import generate
+    from ecom_pipeline.local.run_local import run_local
+    from ecom_pipeline.read.report import print_tables
 
     sample = args.out / "sample"
     summary = generate(sample, args.orders, seed=args.seed, parts=2)
     print(f"generated {summary.orders} orders and {summary.order_items} items in {sample}")
-    result = run_local([sample], args.out)
+    result = run_local([sample], args.out, runner=InProcessRunner(main))
     print_tables(args.out)
     _print_summary(result)
     print(f"Data Docs of every batch: open {args.out / 'data_docs' / 'index.html'}")
@@ -365,7 +368,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _kpis(args: argparse.Namespace) -> int:
-    from ecom_pipeline import query
+    from ecom_pipeline.read import query
 
     def ask(reader: query.KpiReader) -> query.Answer:
         if args.pattern == "category":
@@ -384,29 +387,27 @@ def _kpis(args: argparse.Namespace) -> int:
         return query.timed(query.orders_answer, reader, dates, described, pattern="orders")
 
     if args.from_export is not None:
+        from ecom_pipeline.local.export_reader import ExportReader  # moto: only when needed
+
         aws_flags = (args.endpoint_url, args.region, args.profile)
         if any(aws_flags) or args.category_table or args.order_table:
             raise query.QueryError(
                 "--from-export reads a local folder: drop --endpoint-url, --region, --profile "
                 "and the table names"
             )
-        with query.ExportReader(args.from_export) as reader:
+        with ExportReader(args.from_export) as reader:
             answer = ask(reader)
     else:
-        env = os.environ if args.environ is None else args.environ
+        aws = _aws_settings(args)
         client = query.connect(
-            region=args.region,
-            endpoint_url=args.endpoint_url,
-            profile=args.profile,
-            environ=env,
+            aws, region_given=bool(args.region) or aws.region_given(args.environ)
         )
+        category_table, order_table = kpi_tables(args.environ)
         answer = ask(
             query.KpiReader(
                 client,
-                category_table=args.category_table
-                or env.get(ENVIRONMENT["category_table"])
-                or CATEGORY_TABLE,
-                order_table=args.order_table or env.get(ENVIRONMENT["order_table"]) or ORDER_TABLE,
+                category_table=args.category_table or category_table,
+                order_table=args.order_table or order_table,
             )
         )
     if args.format == "table":
@@ -418,8 +419,8 @@ def _kpis(args: argparse.Namespace) -> int:
 # Trouble that clears by itself, so the orchestrator retries (exit 4): DynamoDB throttling
 # that outlasted every retry, the curated-store lock held by another run for too long or lost.
 RETRYABLE_ERRORS = {
-    "ecom_pipeline.dynamo": ("DynamoWriteError",),
-    "ecom_pipeline.lock": ("LockTimeoutError", "LockLostError"),
+    "ecom_pipeline.adapters.dynamo": ("DynamoWriteError",),
+    "ecom_pipeline.adapters.lock": ("LockTimeoutError", "LockLostError"),
 }
 
 
@@ -459,13 +460,12 @@ def main(
         # `kpis` is read by people at a terminal: its JSON logs only with --verbose
         quiet = args.command == "kpis" and not args.verbose
         logs.configure("WARNING" if quiet else "INFO")
-    env = os.environ if environ is None else environ
     # every line of a job names its batch and the Step Functions execution that started it
     logs.unbind("batch_id", "dataset", "job", "execution_id")
     logs.bind(
         command=args.command,
         batch_id=getattr(args, "batch_id", None),
-        execution_id=env.get("EXECUTION_ID") or None,
+        execution_id=execution_id_from(environ),
     )
     try:
         return int(HANDLERS[args.command](args))

@@ -1,0 +1,78 @@
+"""The bucket's layout: every folder and key the pipeline reads or writes, named once.
+
+Pure Python: the ASL, the Lambda's planning, the stores and the jobs all take their keys from
+here.
+"""
+
+from __future__ import annotations
+
+INCOMING = "incoming"
+STAGING = "staging"
+CURATED = "curated"
+RESULTS = "results"
+DATA_DOCS = "data-docs"
+# Custody of a batch's raw files: they arrive in incoming/<batch>/ and, once the batch is
+# settled, move (never deleted) to archive/<batch>/ (accepted) or rejected/<batch>/ (refused,
+# with REASON_FILE beside them). A batch that failed for a reason that is not the data's fault
+# (a crashed job, an AWS error) stays in incoming/ for `ecom-pipeline replay`.
+REJECTED = "rejected"
+ARCHIVE = "archive"
+REASON_FILE = "_reason.json"
+
+
+def incoming_prefix(batch_id: str) -> str:
+    return f"{INCOMING}/{batch_id}/"
+
+
+def rejected_prefix(batch_id: str) -> str:
+    return f"{REJECTED}/{batch_id}/"
+
+
+def archive_prefix(batch_id: str) -> str:
+    return f"{ARCHIVE}/{batch_id}/"
+
+
+def staging_prefix(batch_id: str, dataset: str) -> str:
+    return f"{STAGING}/{batch_id}/{dataset}/"
+
+
+def curated_prefix(dataset: str) -> str:
+    return f"{CURATED}/{dataset}/"
+
+
+def curated_journal_key() -> str:
+    """The journal of a curated replacement in progress (outside every dataset's prefix)."""
+    return f"{CURATED}/_journal.json"
+
+
+CURATED_GENERATIONS = f"{CURATED}/_new/"
+
+
+def curated_generation_prefix(batch_id: str) -> str:
+    """Where Spark writes a run's new curated partitions in direct I/O mode before the journal
+    copies them into place (outside every dataset's prefix, so no reader sees them)."""
+    return f"{CURATED_GENERATIONS}{batch_id}/"
+
+
+def is_side_file(relative: str) -> bool:
+    """Spark's _SUCCESS, _temporary/ and .crc side files (and folder markers) are not data."""
+    return relative.endswith("/") or any(
+        part.startswith((".", "_")) for part in relative.split("/")
+    )
+
+
+def result_key(batch_id: str, dataset: str) -> str:
+    return f"{RESULTS}/{batch_id}/{dataset}.json"
+
+
+def kpi_result_key(batch_id: str) -> str:
+    return f"{RESULTS}/{batch_id}/kpis.json"
+
+
+def reason_history_key(batch_id: str, execution_name: str) -> str:
+    """Where a replay keeps a rejected batch's _reason.json once its files went back."""
+    return f"{RESULTS}/{batch_id}/rejections/{execution_name}.json"
+
+
+def data_docs_prefix(batch_id: str, dataset: str) -> str:
+    return f"{DATA_DOCS}/{batch_id}/{dataset}/"

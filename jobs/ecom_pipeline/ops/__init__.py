@@ -1,0 +1,1 @@
+"""Operating a deployment: replaying a batch."""

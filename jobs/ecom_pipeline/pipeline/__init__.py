@@ -1,0 +1,3 @@
+"""The deployed pipeline's definition: the state machine, the EMR Serverless job run, costs by
+batch size.
+"""

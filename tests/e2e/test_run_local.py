@@ -1,0 +1,506 @@
+"""End to end through `ecom-pipeline run-local`, checked against the independent reference."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+import shutil
+import zlib
+from collections import Counter
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from test_data_docs_browser import _png_size, _run_chromium, parse
+
+from ecom_pipeline.cli import main
+from ecom_pipeline.core.contract import CATEGORY_TABLE, DATASETS, ORDER_TABLE, ExitCode
+from ecom_pipeline.core.settings import Settings
+from ecom_pipeline.core.tiers import TIERS
+from ecom_pipeline.local.ecs_stand_in import InProcessRunner, enable_interpreter, local_ecs
+from ecom_pipeline.local.emulator import LocalAws
+from ecom_pipeline.local.generator import generate
+from ecom_pipeline.local.run_local import LocalPipeline, run_local, s3_event
+from reference_kpis import as_json_ready, kpis_from_batches
+
+SEED_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "seed-sample"
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _exported(out: Path) -> tuple[dict, dict]:
+    categories = {
+        (r["category"], r["order_date"]): r for r in _read_jsonl(out / "category_kpis.jsonl")
+    }
+    orders = {r["order_date"]: r for r in _read_jsonl(out / "order_kpis.jsonl")}
+    return categories, orders
+
+
+def _expected(batch_dirs: list[Path]) -> tuple[dict, dict]:
+    categories, orders = kpis_from_batches(batch_dirs)
+    return (
+        {k: as_json_ready(v) for k, v in categories.items()},
+        {k: as_json_ready(v) for k, v in orders.items()},
+    )
+
+
+@pytest.fixture(scope="module")
+def seed_run(spark, tmp_path_factory):
+    if not SEED_SAMPLE.is_dir():
+        pytest.fail(f"the seed sample is missing: {SEED_SAMPLE}")
+    out = tmp_path_factory.mktemp("seed-out")
+    code = main(["run-local", str(SEED_SAMPLE), "--export", str(out)])
+    return code, out
+
+
+def test_seed_sample_succeeds_with_the_worked_example(seed_run):
+    code, out = seed_run
+    assert code == ExitCode.OK
+    _, orders = _exported(out)
+    # worked example from the issue, derived by hand from the CSV files
+    day = orders["2025-03-25"]
+    assert (day["total_orders"], day["total_revenue"], day["total_items_sold"]) == (
+        342,
+        79153.56,
+        999,
+    )
+    assert (day["unique_customers"], day["return_rate"]) == (335, 0.1842)
+
+
+def test_seed_sample_tables_equal_the_reference_everywhere(seed_run):
+    _, out = seed_run
+    expected_categories, expected_orders = _expected([SEED_SAMPLE])
+    categories, orders = _exported(out)
+    assert len(orders) == 31
+    assert orders == expected_orders
+    assert categories == expected_categories
+
+
+def test_seed_sample_logs_every_job_to_the_log_file(seed_run):
+    _, out = seed_run
+    lines = _read_jsonl(out / "pipeline.log.jsonl")
+    finished = {
+        (line["job"], line.get("dataset"))
+        for line in lines
+        if line.get("event") in ("validation_result", "kpi_result")
+    }
+    assert finished == {("validate", d) for d in DATASETS} | {("kpis", None)}
+    assert all(line["batch_id"] == "seed-sample" for line in lines if "job" in line)
+    # each job's report JSON, printed as a container prints it
+    reports = Counter(line["command"] for line in lines if line.get("event") == "task_output")
+    assert reports == {"validate": 3, "compute-kpis": 1, "move-batch": 1}
+
+
+def test_seed_sample_exports_notice_and_data_docs(seed_run):
+    _, out = seed_run
+    notices = _read_jsonl(out / "notifications.jsonl")
+    assert [n["message"]["status"] for n in notices] == ["SUCCEEDED"]
+    notice = notices[0]["message"]
+    assert notice["rows_accepted"] == {"products": 10000, "orders": 9000, "order_items": 27007}
+    assert len(notice["dates_recomputed"]) == 31
+    assert notice["execution_id"].endswith(":seed-sample")
+    assert notice["duration_s"] > 0
+    assert [v["status"] for v in notice["validations"]] == ["PASSED"] * 3
+    for dataset in DATASETS:
+        assert (out / "data_docs" / "seed-sample" / dataset / "index.html").is_file()
+
+
+# --- The dashboard of the seed sample, in a real browser ------------------------------------------
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+SCREENSHOT_SIZE = (1280, 1340)
+
+
+@pytest.fixture(scope="module")
+def dashboard(seed_run):
+    """The exported dashboard's DOM after Chromium loaded it (offline: every host unresolvable)."""
+    _, out = seed_run
+    page = out / "dashboard" / "index.html"
+    assert page.is_file(), "run-local did not export the dashboard"
+    return parse(_run_chromium("--dump-dom", page.resolve().as_uri()))
+
+
+def _series(dom, tag, series):
+    return {
+        node.attrs["data-date"]: node
+        for node in dom.find_all(tag, data_series=series)
+        if "data-date" in node.attrs
+    }
+
+
+def test_dashboard_shows_the_worked_example(dashboard):
+    revenue = _series(dashboard, "rect", "revenue")["2025-03-25"]
+    assert revenue.attrs["data-value"] == "79153.56"
+    assert revenue.find_all("title")[0].text() == "25 Mar 2025 — revenue 79,153.56"
+    orders = _series(dashboard, "rect", "orders")["2025-03-25"]
+    assert orders.attrs["data-value"] == "342"
+    assert orders.find_all("title")[0].text() == "25 Mar 2025 — orders 342"
+    rate = _series(dashboard, "circle", "return_rate")["2025-03-25"]
+    assert rate.find_all("title")[0].text() == "25 Mar 2025 — return rate 18.42%"
+    assert dashboard.find_all("title")[0].text() == "E-commerce KPIs"
+    assert dashboard.find_all("strong", id="batch")[0].text() == "seed-sample"
+
+
+def test_dashboard_charts_match_the_reference_everywhere(dashboard):
+    reference_categories, reference_orders = _expected([SEED_SAMPLE])
+    assert len(reference_orders) == 31
+    for series, tag, name in (
+        ("revenue", "rect", "total_revenue"),
+        ("revenue_7d", "circle", "revenue_7d"),
+        ("orders", "rect", "total_orders"),
+        ("orders_7d", "circle", "orders_7d"),
+        ("return_rate", "circle", "return_rate"),
+    ):
+        drawn = {
+            d: float(n.attrs["data-value"]) for d, n in _series(dashboard, tag, series).items()
+        }
+        assert drawn == {d: row[name] for d, row in reference_orders.items()}, series
+    # bars stand on one scale: height = value x scale for every day (coordinates: 1 decimal)
+    bars = list(_series(dashboard, "rect", "revenue").values())
+    tallest = max(bars, key=lambda b: float(b.attrs["data-value"]))
+    scale = float(tallest.attrs["height"]) / float(tallest.attrs["data-value"])
+    for bar in bars:
+        expected = float(bar.attrs["data-value"]) * scale
+        assert float(bar.attrs["height"]) == pytest.approx(expected, abs=0.12)
+    segments = dashboard.find_all("rect", class_="segment")
+    stacked = {
+        (s.attrs["data-category"], s.attrs["data-date"]): float(s.attrs["data-value"])
+        for s in segments
+    }
+    assert stacked == {key: row["daily_revenue"] for key, row in reference_categories.items()}
+    assert len(segments) == len(reference_categories)
+    legend = dashboard.find_all("section", id="category_revenue")[0].find_all("li")
+    assert len(legend) == 7
+
+
+def test_dashboard_table_is_the_latest_day_ranked_by_revenue(dashboard):
+    reference_categories, reference_orders = _expected([SEED_SAMPLE])
+    latest = max(reference_orders)
+    table = dashboard.find_all("section", id="latest_categories")[0]
+    assert table.attrs["data-date"] == latest == "2025-04-07"
+    expected = sorted(
+        (row for (_, day), row in reference_categories.items() if day == latest),
+        key=lambda row: -row["daily_revenue"],
+    )
+    rows = table.find_all("tbody")[0].find_all("tr")
+    assert [r.attrs["data-category"] for r in rows] == [row["category"] for row in expected]
+    for row, want in zip(rows, expected, strict=True):
+        cells = {td.attrs["class"]: td for td in row.find_all("td") if td.attrs.get("class")}
+        assert cells["daily_revenue"].text() == f"{Decimal(str(want['daily_revenue'])):,.2f}"
+        assert float(cells["avg_return_rate"].attrs["data-value"]) == want["avg_return_rate"]
+        assert int(cells["order_count"].text()) == want["order_count"]
+    cards = {
+        card.attrs["id"]: card.attrs["data-value"]
+        for card in dashboard.find_all("div", class_="card")
+    }
+    day = reference_orders[latest]
+    assert float(cards["card_revenue"]) == day["total_revenue"]
+    assert float(cards["card_revenue_7d"]) == day["revenue_7d"]
+    assert int(cards["card_orders_7d"]) == day["orders_7d"]
+
+
+def test_dashboard_links_to_the_batch_data_docs_and_loads_nothing_remote(seed_run, dashboard):
+    _, out = seed_run
+    folder = out / "dashboard"
+    link = dashboard.find_all("a", id="data_docs")[0].attrs["href"]
+    assert link == "../data_docs/index.html#batch-seed-sample"
+    assert (folder / link.split("#")[0]).resolve().is_file()
+    sites = [a.attrs["href"] for a in dashboard.find_all("a", class_="dataset-docs")]
+    assert sites == [f"../data_docs/seed-sample/{d}/index.html" for d in DATASETS]
+    assert all((folder / site).resolve().is_file() for site in sites)
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    assert re.search(r"<(script|link|img|iframe)\b", html) is None
+    assert set(re.findall(r"[a-z]+://[^\s'\"<>]+", html)) == {"http://www.w3.org/2000/svg"}
+    assert sorted(p.name for p in folder.iterdir()) == ["index.html"]  # nothing else to fetch
+
+
+def _png_rgb(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Width, height and unfiltered RGB(A) rows of an 8-bit truecolour PNG."""
+    width, height = _png_size(data)
+    depth, colour = data[24], data[25]
+    assert depth == 8
+    assert colour in (2, 6)
+    channels = 3 if colour == 2 else 4
+    chunks, position = [], 8
+    while position < len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        if data[position + 4 : position + 8] == b"IDAT":
+            chunks.append(data[position + 8 : position + 8 + length])
+        position += 12 + length
+    raw = zlib.decompress(b"".join(chunks))
+    stride = width * channels
+    rows, previous = [], bytearray(stride)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for x in range(stride):
+            left = line[x - channels] if x >= channels else 0
+            up = previous[x]
+            corner = previous[x - channels] if x >= channels else 0
+            if kind == 1:
+                line[x] = (line[x] + left) & 0xFF
+            elif kind == 2:
+                line[x] = (line[x] + up) & 0xFF
+            elif kind == 3:
+                line[x] = (line[x] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                pred = left if pa <= pb and pa <= pc else up if pb <= pc else corner
+                line[x] = (line[x] + pred) & 0xFF
+        rows.append(bytes(line))
+        previous = line
+    return width, height, [bytes(r[i] for i in range(len(r)) if i % channels < 3) for r in rows]
+
+
+def _colour_counts(rows: list[bytes]) -> Counter:
+    return Counter(row[x : x + 3] for row in rows for x in range(0, len(row), 3))
+
+
+def _pixels_near(counts: Counter, colour: str, tolerance: int = 8) -> int:
+    target = bytes.fromhex(colour.lstrip("#"))
+    return sum(
+        n
+        for pixel, n in counts.items()
+        if all(abs(pixel[i] - target[i]) <= tolerance for i in range(3))
+    )
+
+
+def test_dashboard_screenshot_shows_the_charts(seed_run, tmp_path):
+    from ecom_pipeline.read.dashboard import ORDERS_COLOUR, PALETTE, RETURNS_COLOUR, REVENUE_COLOUR
+
+    _, out = seed_run
+    shot = tmp_path / "dashboard.png"
+    width, height = SCREENSHOT_SIZE
+    _run_chromium(
+        f"--screenshot={shot}",
+        f"--window-size={width},{height}",
+        "--hide-scrollbars",
+        (out / "dashboard" / "index.html").resolve().as_uri(),
+    )
+    data = shot.read_bytes()
+    assert len(data) < 300_000, "keep the README's screenshot small"
+    size_x, size_y, rows = _png_rgb(data)
+    assert (size_x, size_y) == SCREENSHOT_SIZE
+    rows = _colour_counts(rows)
+    # the bars and lines were drawn: thousands of pixels in each chart's colour
+    assert _pixels_near(rows, REVENUE_COLOUR) > 20_000  # revenue bars (+ a category)
+    assert _pixels_near(rows, ORDERS_COLOUR) > 20_000  # order bars (+ a category)
+    assert _pixels_near(rows, RETURNS_COLOUR) > 500  # the return-rate line
+    assert all(_pixels_near(rows, colour) > 1_000 for colour in PALETTE[:7])  # 7 categories
+    keep = os.environ.get("DASHBOARD_SCREENSHOT")
+    if keep:  # refresh the README's picture: DASHBOARD_SCREENSHOT=docs/dashboard.png pytest ...
+        shutil.copyfile(shot, keep)
+    # the picture the README shows is such a screenshot
+    committed = SCREENSHOT.read_bytes()
+    assert _png_size(committed) == SCREENSHOT_SIZE
+    assert len(committed) < 300_000
+
+
+def test_export_answers_queries_like_the_tables(seed_run, capsys):
+    _, out = seed_run
+    argv = ["kpis", "day", "--date", "2025-03-25", "--format", "json", "--from-export", str(out)]
+    assert main(argv) == ExitCode.OK
+    rows = json.loads(capsys.readouterr().out)
+    expected_categories, _ = _expected([SEED_SAMPLE])
+    want = sorted(
+        (row for (_, day), row in expected_categories.items() if day == "2025-03-25"),
+        key=lambda row: -row["daily_revenue"],
+    )
+    assert rows == want
+    assert main(["kpis", "orders", "--last", "30", "--from-export", str(out)]) == ExitCode.OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        "Order KPIs: last 30 days up to the latest day with orders, 2025-04-07"
+    )
+    assert len(lines) == 3 + 30
+    assert lines[3].split()[0] == "2025-03-09"
+    assert lines[19].split()[:3] == ["2025-03-25", "342", "79153.56"]
+
+
+def _write_rows(path: Path, dataset: str, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=DATASETS[dataset].column_names)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _read_rows(folder: Path, pattern: str) -> list[dict]:
+    rows = []
+    for path in sorted(folder.glob(pattern)):
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows.extend(csv.DictReader(handle))
+    return rows
+
+
+def _shift(value: str, delta: timedelta) -> str:
+    return (datetime.fromisoformat(value) + delta).isoformat() if value else value
+
+
+def random_batches(source: Path, target: Path, seed: int, count: int = 3) -> list[Path]:
+    """Split a generated dataset into batches at random, respecting references (an item arrives
+    with or after its order and product), and re-send some rows later with corrections: orders
+    moved to another date with another status, items with another price, products with another
+    category."""
+    rng = random.Random(seed)
+    products = _read_rows(source, "products.csv")
+    orders = _read_rows(source, "orders/*.csv")
+    items = _read_rows(source, "order_items/*.csv")
+    batches: list[dict[str, list[dict]]] = [
+        {"products": [], "orders": [], "order_items": []} for _ in range(count)
+    ]
+    product_batch = {}
+    for row in products:
+        product_batch[row["id"]] = b = rng.randrange(count)
+        batches[b]["products"].append(row)
+    order_batch = {}
+    for row in orders:
+        order_batch[row["order_id"]] = b = rng.randrange(count)
+        batches[b]["orders"].append(row)
+    for row in items:
+        first = max(order_batch[row["order_id"]], product_batch[row["product_id"]])
+        batches[rng.randrange(first, count)]["order_items"].append(row)
+    for row in rng.sample(orders, len(orders) // 10):
+        later = rng.randrange(order_batch[row["order_id"]], count)
+        delta = timedelta(days=rng.choice([-3, -1, 1, 2]), hours=rng.randrange(24))
+        moved = {k: _shift(v, delta) if k.endswith("_at") else v for k, v in row.items()}
+        moved["status"] = rng.choice(["returned", "cancelled", "Delivered"])
+        batches[later]["orders"].append(moved)
+    for row in rng.sample(items, len(items) // 10):
+        later = rng.randrange(
+            max(order_batch[row["order_id"]], product_batch[row["product_id"]]), count
+        )
+        batches[later]["order_items"].append(
+            row | {"sale_price": f"{rng.randrange(100, 99999) / 100:.2f}"}
+        )
+    for row in rng.sample(products, len(products) // 10):
+        later = rng.randrange(product_batch[row["id"]], count)
+        batches[later]["products"].append(
+            row | {"category": rng.choice(["Books", "Garden", "Toys"])}
+        )
+    folders = []
+    for number, batch in enumerate(batches, 1):
+        folder = target / f"batch-{number}"
+        for dataset, rows in batch.items():
+            # a row re-sent in the same batch would be a duplicate key: keep the correction
+            unique = list({r[DATASETS[dataset].key]: r for r in rows}.values())
+            if unique:
+                _write_rows(folder / f"{dataset}.csv", dataset, unique)
+        if folder.exists():
+            folders.append(folder)
+    return folders
+
+
+# One seed: every split has corrected prices, moved and re-statused orders and re-categorised
+# products (10 % of each); a second seed only varied the random draws, for 40 s of the suite.
+@pytest.mark.parametrize("seed", [11])
+def test_random_splits_give_the_tables_of_one_run_over_all_data(spark, tmp_path, seed):
+    source = tmp_path / "source"
+    generate(source, 120, seed=seed, days=12, products=30)
+    folders = random_batches(source, tmp_path / "batches", seed)
+    out = tmp_path / "out"
+    assert main(["run-local", *map(str, folders), "--export", str(out)]) == ExitCode.OK
+    expected_categories, expected_orders = _expected(folders)
+    categories, orders = _exported(out)
+    assert orders == expected_orders
+    assert categories == expected_categories
+
+
+def test_failed_batch_changes_nothing_and_later_batches_still_run(spark, tmp_path):
+    source = tmp_path / "source"
+    generate(source, 40, seed=3, days=5, products=20)
+    good = tmp_path / "good"
+    _write_rows(good / "products.csv", "products", _read_rows(source, "products.csv"))
+    _write_rows(good / "orders.csv", "orders", _read_rows(source, "orders/*.csv"))
+    _write_rows(good / "order_items.csv", "order_items", _read_rows(source, "order_items/*.csv"))
+    bad = tmp_path / "bad"
+    orders = _read_rows(source, "orders/*.csv")
+    orders[0] = orders[0] | {"status": "lost-in-space"}
+    _write_rows(bad / "orders.csv", "orders", orders)
+    out = tmp_path / "out"
+    code = main(["run-local", str(good), str(bad), str(good), "--export", str(out)])
+    assert code == ExitCode.DATA_REJECTED
+    notices = [n["message"] for n in _read_jsonl(out / "notifications.jsonl")]
+    assert [n["status"] for n in notices] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+    failure = notices[1]
+    assert failure["stage"] == "validation"
+    assert failure["execution_id"].endswith(":bad")
+    statuses = {v["dataset"]: v["status"] for v in failure["validations"]}
+    assert statuses == {"products": "SKIPPED", "orders": "FAILED", "order_items": "SKIPPED"}
+    result = next(v["result"] for v in failure["validations"] if v["status"] == "FAILED")
+    assert result["failed_rules"][0]["rule"] == "status allowed"
+    assert result["failed_rules"][0]["unexpected_count"] == 1
+    assert "lost-in-space" in result["failed_rules"][0]["message"]
+    assert result["data_docs"].startswith("s3://")
+    expected_categories, expected_orders = _expected([good])
+    categories, orders_out = _exported(out)
+    assert orders_out == expected_orders
+    assert categories == expected_categories
+
+
+def test_duplicate_event_starts_nothing_and_a_bare_marker_is_refused(spark, tmp_path):
+    source = tmp_path / "source"
+    generate(source, 20, seed=5, days=3, products=10)
+    with LocalAws() as aws, local_ecs(InProcessRunner(main)):
+        enable_interpreter("127.0.0.1", aws.port)
+        config = Settings(
+            bucket=aws.bucket, aws=aws.settings, topic_arn=aws.topic_arn, work_dir=tmp_path / "w"
+        )
+        pipeline = LocalPipeline(aws, config)
+        marker = pipeline.upload(source, "dup")
+        event = s3_event(aws.bucket, marker, 0)
+        first = pipeline.deliver(event)
+        assert len(first["started"]) == 1
+        arn = pipeline.execution_arn(first["started"][0])
+        assert pipeline.wait(arn)["status"] == "SUCCEEDED"
+        assert pipeline.deliver(event)["duplicates"] == first["started"]  # the same event again
+        # the marker alone uploaded again (the files are in archive/): refused with a notice
+        aws.client("s3").put_object(Bucket=aws.bucket, Key=marker, Body=b"")
+        assert pipeline.deliver(s3_event(aws.bucket, marker, 0))["refused"] == ["dup"]
+        notice = aws.notifications()[-1]["message"]
+        assert (notice["status"], notice["stage"], notice["batch_id"]) == (
+            "FAILED",
+            "intake",
+            "dup",
+        )
+        assert "holds no dataset file" in notice["error"]
+        executions = pipeline.sfn.list_executions(stateMachineArn=pipeline.state_machine_arn)
+        assert len(executions["executions"]) == 1
+
+
+class FailingKpiRunner(InProcessRunner):
+    """Runs validation for real, but the KPI container dies (exit 137, as when OOM-killed)."""
+
+    def __call__(self, command, environment):
+        if command[0] == "compute-kpis":
+            self.calls.append((list(command), dict(environment)))
+            return 137
+        return super().__call__(command, environment)
+
+
+def test_kpi_task_failure_is_caught_notified_and_writes_nothing(spark, tmp_path):
+    source = tmp_path / "source"
+    generate(source, 20, seed=6, days=3, products=10)
+    runner = FailingKpiRunner(main)
+    summary = run_local([source], tmp_path / "out", runner=runner, progress=lambda _: None)
+    assert [o.status for o in summary.outcomes] == ["FAILED"]
+    assert summary.outcomes[0].error == "Kpi.Failed"
+    notice = summary.outcomes[0].notice
+    assert notice["stage"] == "kpis"
+    assert notice["error"]["Error"] == "States.TaskFailed"
+    assert '"ExitCode":137' in notice["error"]["Cause"]
+    assert summary.exported == {CATEGORY_TABLE: 0, ORDER_TABLE: 0}
+    # the overrides the state machine sent reached the container: command and tier settings
+    commands = [call[0][0] for call in runner.calls]
+    assert sorted(commands) == ["compute-kpis", "validate", "validate", "validate"]
+    kpi_env = next(env for command, env in runner.calls if command[0] == "compute-kpis")
+    assert kpi_env["SPARK_DRIVER_MEMORY"] == TIERS[0].driver_memory
+    assert kpi_env["PIPELINE_BUCKET"] == "ecom-pipeline-local"
+    assert kpi_env["EXECUTION_ID"].endswith(":source")

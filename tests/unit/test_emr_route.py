@@ -1,0 +1,326 @@
+"""The EMR Serverless route of the state machine, checked offline.
+
+moto's Step Functions interpreter cannot run it: it lists ``emr-serverless`` among the optimised
+integrations it does not support and runs none of them with ``.sync``. So the routing decision is
+tested where it is made (the plan, tests/test_lambda_trigger.py), and here the generated
+definition: every job has an EMR twin behind a route Choice with an ECS Default, the twin runs
+the same command line, has TimeoutSeconds, Retry and Catch like the ECS task and leads to the same
+states, and its Parameters, evaluated for a real plan, are a valid StartJobRun request according
+to botocore's ``emr-serverless`` model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+
+from ecom_pipeline.adapters.storage import BucketStore, open_store
+from ecom_pipeline.core.contract import DATASET_ORDER
+from ecom_pipeline.core.planning import plan_execution
+from ecom_pipeline.core.settings import ENVIRONMENT, Settings
+from ecom_pipeline.core.tiers import EMR_ROUTE, EMR_TIERS, GIB, TIERS
+from ecom_pipeline.pipeline import asl, emr
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EMR_RESOURCE = "arn:aws:states:::emr-serverless:startJobRun.sync"
+ECS_RESOURCE = "arn:aws:states:::ecs:runTask.sync"
+
+
+def _all_states(definition: dict) -> dict[str, dict]:
+    found = {}
+    for name, state in definition["States"].items():
+        found[name] = state
+        for branch in state.get("Branches", []):
+            found.update(_all_states(branch))
+    return found
+
+
+@pytest.fixture(scope="module")
+def states() -> dict[str, dict]:
+    return _all_states(asl.build_definition())
+
+
+def _job_pairs(states) -> list[tuple[str, str]]:
+    """(ECS task, EMR task) of every job, found through the route Choices."""
+    pairs = []
+    for name, state in states.items():
+        if state["Type"] == "Choice" and name.startswith("Route"):
+            (choice,) = state["Choices"]
+            assert choice == {
+                "Variable": "$.route",
+                "StringEquals": EMR_ROUTE,
+                "Next": choice["Next"],
+            }
+            pairs.append((state["Default"], choice["Next"]))
+    return pairs
+
+
+# --- A tiny evaluator of the two intrinsics the EMR tasks use ------------------------------------
+
+
+def _arguments(text: str) -> list[str]:
+    return [a.strip() for a in re.findall(r"'(?:[^'\\]|\\.)*'|[^,]+", text) if a.strip()]
+
+
+def _value(argument: str, data: dict[str, Any]) -> Any:
+    if argument.startswith("'"):
+        return argument[1:-1]
+    assert argument.startswith("$."), argument
+    node: Any = data
+    for part in argument[2:].split("."):
+        node = node[part]
+    return node
+
+
+def evaluate(expression: str, data: dict[str, Any]) -> Any:
+    """``$.path``, ``States.Array(...)`` or ``States.Format('...{}...', ...)`` on ``data``."""
+    if expression.startswith("$."):
+        return _value(expression, data)
+    function, inner = re.fullmatch(r"(States\.\w+)\((.*)\)", expression, re.S).groups()
+    values = [_value(a, data) for a in _arguments(inner)]
+    if function == "States.Array":
+        return values
+    assert function == "States.Format", function
+    template, *rest = values
+    assert template.count("{}") == len(rest)
+    for value in rest:
+        template = template.replace("{}", str(value), 1)
+    return template
+
+
+def resolve(parameters: Any, data: dict[str, Any]) -> Any:
+    """Parameters as Step Functions sends them: ``.$`` fields evaluated against the input."""
+    if isinstance(parameters, dict):
+        resolved = {}
+        for key, value in parameters.items():
+            if key.endswith(".$"):
+                resolved[key[:-2]] = evaluate(value, data)
+            else:
+                resolved[key] = resolve(value, data)
+        return resolved
+    if isinstance(parameters, list):
+        return [resolve(item, data) for item in parameters]
+    return parameters
+
+
+def to_api_names(node: Any, key: str | None = None) -> Any:
+    if isinstance(node, dict):
+        if key == "Tags":
+            return dict(node)
+        return {k[0].lower() + k[1:]: to_api_names(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [to_api_names(item) for item in node]
+    return node
+
+
+SAMPLE_VALUES = {
+    "EmrApplicationId": "00fabc123def4567",
+    "EmrJobRoleArn": "arn:aws:iam::123456789012:role/ecom-kpi-EmrJobRole-ABC",
+    "EmrArtifactsUri": "s3://my-cfn-artifacts/ecom-kpi/emr/",
+    "EmrLogUri": "s3://ecom-kpi-data-123456789012-eu-west-1/emr-logs/",
+    "EmrLogGroup": "/aws/emr-serverless/ecom-kpi-jobs",
+    "CategoryTable": "ecom-kpi-CategoryKpiTable-1",
+    "OrderTable": "ecom-kpi-OrderKpiTable-1",
+    "Region": "eu-west-1",
+    "DataBucket": "ecom-kpi-data-123456789012-eu-west-1",
+    "NotificationTopicArn": "arn:aws:sns:eu-west-1:123456789012:ecom-kpi-notices",
+}
+
+
+def _fill(node: Any) -> Any:
+    if isinstance(node, str):
+        return re.sub(r"\$\{(\w+)\}", lambda m: SAMPLE_VALUES[m.group(1)], node)
+    if isinstance(node, dict):
+        return {k: _fill(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v) for v in node]
+    return node
+
+
+@pytest.fixture(scope="module")
+def big_plan() -> dict[str, Any]:
+    """The plan of a 40 GiB batch: above the largest Fargate tier."""
+    size = 40 * GIB
+    assert size > TIERS[-1].max_input_bytes
+    objects = [
+        ("incoming/big/products.csv", GIB),
+        ("incoming/big/orders.csv", 9 * GIB),
+        ("incoming/big/order_items.csv", size - 10 * GIB),
+    ]
+    plan = plan_execution("bucket", "big", objects, received_at="2026-12-01T07:00:00Z")
+    assert plan["route"] == EMR_ROUTE
+    return plan
+
+
+START_JOB_RUN = (
+    botocore.session.get_session()
+    .get_service_model("emr-serverless")
+    .operation_model("StartJobRun")
+)
+
+
+# --- Tests ---------------------------------------------------------------------------------------
+
+
+def test_every_job_has_an_emr_twin_behind_a_route_choice_defaulting_to_ecs(states):
+    pairs = _job_pairs(states)
+    expected = [
+        (f"Validate{asl._state_name(d)}", f"Validate{asl._state_name(d)}OnEmr")
+        for d in DATASET_ORDER
+    ]
+    assert sorted(pairs) == sorted([*expected, ("ComputeKpis", "ComputeKpisOnEmr")])
+    for ecs_task, emr_task in pairs:
+        assert states[ecs_task]["Resource"] == ECS_RESOURCE
+        assert states[emr_task]["Resource"] == EMR_RESOURCE
+    # nothing reaches an EMR task except its route Choice
+    targets = [
+        target
+        for state in states.values()
+        for target in [state.get("Next"), state.get("Default")]
+        + [c.get("Next") for c in state.get("Choices", [])]
+        + [c["Next"] for c in state.get("Catch", [])]
+        if target
+    ]
+    for _, emr_task in pairs:
+        assert targets.count(emr_task) == 1
+
+
+def test_emr_tasks_have_timeout_retry_and_catch_like_the_ecs_tasks(states):
+    for ecs_name, emr_name in _job_pairs(states):
+        ecs_task, emr_task = states[ecs_name], states[emr_name]
+        job = emr_task["Parameters"]["Tags"]["job"]
+        # Step Functions' timeout outlasts the run's own limit (plus start-up), never less
+        assert emr_task["TimeoutSeconds"] > emr.EXECUTION_TIMEOUT_MINUTES[job] * 60
+        assert (
+            emr_task["Parameters"]["ExecutionTimeoutMinutes"] == emr.EXECUTION_TIMEOUT_MINUTES[job]
+        )
+        for retry in emr_task["Retry"]:
+            assert retry["BackoffRate"] > 1
+            assert retry["JitterStrategy"] == "FULL"
+            assert "States.ALL" not in retry["ErrorEquals"]
+            assert "States.TaskFailed" not in retry["ErrorEquals"]  # a rejected batch stays so
+        # the same outcome handling: result reading, error states, notices, Fail
+        for key in ("ResultSelector", "ResultPath", "Next", "End"):
+            assert emr_task.get(key) == ecs_task.get(key), (emr_name, key)
+        # ... except that only an ECS task has an exit code to tell a retryable KPI failure by
+        ecs_catch = [c for c in ecs_task["Catch"] if c["Next"] != "KpiFailureHasCause"]
+        assert emr_task["Catch"] == ecs_catch, emr_name
+        assert emr_task["Catch"]
+
+
+def test_retried_emr_errors_are_start_job_run_errors():
+    names = {shape.name for shape in START_JOB_RUN.error_shapes}
+    for error in asl.TRANSIENT_EMR_ERRORS:
+        service, name = error.split(".", 1)
+        assert service == "EMRServerless"
+        assert name in names
+
+
+def test_emr_task_runs_the_same_command_line_as_the_ecs_task(states, big_plan):
+    for ecs_name, emr_name in _job_pairs(states):
+        command = states[ecs_name]["Parameters"]["Overrides"]["ContainerOverrides"][0]["Command.$"]
+        arguments = states[emr_name]["Parameters"]["JobDriver"]["SparkSubmit"]
+        assert arguments["EntryPointArguments.$"] == command
+        assert evaluate(command, big_plan)[:3] in (
+            ["validate", "--batch-id", "big"],
+            ["compute-kpis", "--batch-id", "big"],
+        )
+
+
+def test_emr_tasks_send_a_valid_start_job_run_request_for_a_big_batch(states, big_plan):
+    for _, emr_name in _job_pairs(states):
+        parameters = _fill(states[emr_name]["Parameters"])
+        request = to_api_names(resolve(parameters, big_plan))
+        request["clientToken"] = "token-supplied-by-step-functions"
+        report = ParamValidator().validate(request, START_JOB_RUN.input_shape)
+        assert not report.has_errors(), (emr_name, report.generate_report())
+        submit = request["jobDriver"]["sparkSubmit"]
+        assert submit["entryPoint"] == "s3://my-cfn-artifacts/ecom-kpi/emr/spark_driver.py"
+        conf = dict(re.findall(r"--conf (\S+?)=(\S+)", submit["sparkSubmitParameters"]))
+        # the tier's sizes, the packed venv's Python everywhere, the jobs' settings on the driver
+        tier = EMR_TIERS[0]
+        assert conf["spark.dynamicAllocation.maxExecutors"] == str(tier.max_executors)
+        assert conf["spark.executor.memory"] == f"{tier.heap_mib}m"
+        assert conf["spark.archives"].endswith("ecom-pipeline-venv.tar.gz#environment")
+        assert conf["spark.executorEnv.PYSPARK_PYTHON"] == "./environment/bin/python"
+        assert conf["spark.emr-serverless.driverEnv.PIPELINE_BUCKET"] == SAMPLE_VALUES["DataBucket"]
+        assert conf["spark.emr-serverless.driverEnv.ORDER_TABLE"] == SAMPLE_VALUES["OrderTable"]
+        assert len(conf) == submit["sparkSubmitParameters"].count("--conf ")  # no key twice
+        assert request["name"].endswith("big")
+
+
+def test_the_definition_and_the_request_builder_agree(states, big_plan):
+    """The ASL's request is start_job_run_request's for the same values (one source)."""
+    for _, emr_name in _job_pairs(states):
+        parameters = states[emr_name]["Parameters"]
+        sent = to_api_names(resolve(_fill(parameters), big_plan))
+        job = parameters["Tags"]["job"]
+        built = emr.start_job_run_request(
+            job=job,
+            application_id=SAMPLE_VALUES["EmrApplicationId"],
+            execution_role_arn=SAMPLE_VALUES["EmrJobRoleArn"],
+            artifacts_uri=SAMPLE_VALUES["EmrArtifactsUri"],
+            log_uri=SAMPLE_VALUES["EmrLogUri"],
+            log_group=SAMPLE_VALUES["EmrLogGroup"],
+            environment=emr.job_environment(
+                bucket=SAMPLE_VALUES["DataBucket"],
+                category_table=SAMPLE_VALUES["CategoryTable"],
+                order_table=SAMPLE_VALUES["OrderTable"],
+                topic_arn=SAMPLE_VALUES["NotificationTopicArn"],
+                region=SAMPLE_VALUES["Region"],
+            ),
+            entry_point_arguments=sent["jobDriver"]["sparkSubmit"]["entryPointArguments"],
+            tier_spark_parameters=big_plan["tier"]["spark_submit_parameters"],
+            name=sent["name"],
+        )
+        assert sent == built
+
+
+def test_the_validator_would_catch_a_wrong_request():
+    request = emr.start_job_run_request(
+        job="validate",
+        application_id="00fabc123def4567",
+        execution_role_arn=SAMPLE_VALUES["EmrJobRoleArn"],
+        artifacts_uri="s3://a/emr/",
+        log_uri="s3://a/logs/",
+        log_group="/g",
+        environment={},
+        entry_point_arguments=["validate"],
+        tier_spark_parameters="",
+        name="n",
+    ) | {"clientToken": "t"}
+    shape = START_JOB_RUN.input_shape
+    assert not ParamValidator().validate(request, shape).has_errors()
+    broken = dict(request, jobDriver={"sparkSubmit": {"entrypoint": "s3://a/x.py"}})
+    assert ParamValidator().validate(broken, shape).has_errors()
+    assert ParamValidator().validate(dict(request, executionTimeoutMinutes="2"), shape).has_errors()
+
+
+def test_emr_job_runs_read_and_write_s3_directly_and_ecs_tasks_stage(states, big_plan):
+    """On EMR the executors run on other hosts: the driver's environment there turns direct
+    I/O on (Spark reads and writes s3:// through EMRFS); the ECS tasks keep staging."""
+    prefix = "spark.emr-serverless.driverEnv."
+    bucket = SAMPLE_VALUES["DataBucket"]
+    for ecs_name, emr_name in _job_pairs(states):
+        request = to_api_names(resolve(_fill(states[emr_name]["Parameters"]), big_plan))
+        conf = re.findall(
+            r"--conf (\S+?)=(\S+)", request["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"]
+        )
+        driver_env = {k[len(prefix) :]: v for k, v in conf if k.startswith(prefix)}
+        config = Settings.from_env(driver_env)
+        assert config.direct_io, emr_name
+        assert config.data_root == f"s3://{bucket}"
+        assert config.bucket == bucket
+        store = open_store(config)
+        assert isinstance(store, BucketStore)
+        assert store.uri("incoming/big/orders.csv") == f"s3://{bucket}/incoming/big/orders.csv"
+        ecs_overrides = json.dumps(states[ecs_name]["Parameters"])
+        assert ENVIRONMENT["data_root"] not in ecs_overrides, ecs_name
+    assert ENVIRONMENT["data_root"] not in (ROOT / "infra" / "template.yaml").read_text()
