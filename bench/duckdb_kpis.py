@@ -17,11 +17,12 @@ import duckdb
 
 from bench.datasets import dataset_files
 from bench.kpi_rows import CategoryRows, OrderRows, category_row, from_cents, order_row
-from ecom_pipeline.core.contract import RATE_SCALE, RETURNED_STATUS, WINDOW_DAYS
+from ecom_pipeline.core.contract import LABEL_WHITESPACE, RATE_SCALE, RETURNED_STATUS, WINDOW_DAYS
 
 _SOURCES = """
 CREATE TEMP VIEW products AS
-    SELECT id, category FROM read_csv({products}, header = true, union_by_name = true,
+    SELECT id, trim(category, {label_whitespace}) AS category
+    FROM read_csv({products}, header = true, union_by_name = true,
         quote = '"', escape = '"', types = {{'id': 'BIGINT', 'category': 'VARCHAR'}});
 CREATE TEMP VIEW orders AS
     SELECT order_id, user_id, lower(trim(status)) AS status,
@@ -100,6 +101,8 @@ def compute(batch_dir: Path, *, threads: int | None = None) -> tuple[CategoryRow
                 products=_sql_list(files["products"]),
                 orders=_sql_list(files["orders"]),
                 items=_sql_list(files["order_items"]),
+                # a SQL string of the whitespace a label loses at both ends
+                label_whitespace="'" + LABEL_WHITESPACE + "'",
             )
         )
         categories: CategoryRows = {}

@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.datasets import dataset_files
 from bench.kpi_rows import CategoryRows, OrderRows, category_row, from_cents, order_row
-from ecom_pipeline.core.contract import RATE_SCALE, RETURNED_STATUS, WINDOW_DAYS
+from ecom_pipeline.core.contract import LABEL_WHITESPACE, RATE_SCALE, RETURNED_STATUS, WINDOW_DAYS
 
 
 def _read(paths: list[Path], columns: dict[str, str]) -> pd.DataFrame:
@@ -48,6 +48,7 @@ def utc_dates(created_at: pd.Series) -> pd.Series:
 def load(batch_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     files = dataset_files(Path(batch_dir))
     products = _read(files["products"], {"id": "int64", "category": "string"})
+    products["category"] = products["category"].str.strip(LABEL_WHITESPACE)  # a label
     orders = _read(
         files["orders"],
         {"order_id": "int64", "user_id": "int64", "status": "string", "created_at": "string"},

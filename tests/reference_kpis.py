@@ -120,7 +120,8 @@ def category_kpis(
     returned_order_ids: dict[tuple[str, str], set[int]] = defaultdict(set)
 
     for item, order_id, order, product in _valid_items(products, orders, items):
-        key = (product["category"], order_date(order["created_at"]))
+        category = product["category"].strip(contract.LABEL_WHITESPACE)
+        key = (category, order_date(order["created_at"]))
         revenue[key] += Decimal(item["sale_price"].strip())
         item_count[key] += 1
         order_ids[key].add(order_id)

@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ecom_pipeline.core import logs
 from ecom_pipeline.core.contract import DATASETS, ExitCode
+from ecom_pipeline.core.planning import batch_id_problem
 from ecom_pipeline.core.settings import (
     AwsSettings,
     ConfigError,
@@ -421,6 +422,8 @@ def _kpis(args: argparse.Namespace) -> int:
 RETRYABLE_ERRORS = {
     "ecom_pipeline.adapters.dynamo": ("DynamoWriteError",),
     "ecom_pipeline.adapters.lock": ("LockTimeoutError", "LockLostError"),
+    # S3 refused some keys of a batch delete; the journal keeps the run recoverable
+    "ecom_pipeline.adapters.storage": ("StoreError",),
 }
 
 
@@ -431,6 +434,16 @@ def _is_retryable(error: BaseException) -> bool:
         if module is not None and isinstance(error, tuple(getattr(module, n) for n in names)):
             return True
     return False
+
+
+# The container entry points: their --batch-id names folders Spark reads.
+JOB_COMMANDS = ("validate", "compute-kpis", "move-batch")
+
+
+def _check_batch_id(batch_id: str) -> None:
+    problem = batch_id_problem(batch_id)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 HANDLERS = {
@@ -468,6 +481,8 @@ def main(
         execution_id=execution_id_from(environ),
     )
     try:
+        if args.command in JOB_COMMANDS:
+            _check_batch_id(args.batch_id)
         return int(HANDLERS[args.command](args))
     except QueryError as e:
         log.info("query not answered: %s", e, extra={"event": "query_error"})

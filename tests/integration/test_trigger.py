@@ -367,6 +367,23 @@ def test_a_batch_of_markers_only_is_refused_with_a_notice(aws, trigger, monkeypa
     assert "holds no dataset file in s3://" in notice["error"]
 
 
+def test_a_batch_folder_spark_would_read_as_a_pattern_is_refused_with_a_notice(
+    aws, trigger, monkeypatch
+):
+    topic, sqs, queue = _inbox()
+    monkeypatch.setenv("NOTIFY_TOPIC_ARN", topic)
+    upload_batch(aws, "b[1]", BATCH_FILES)
+    aws.put("incoming/b[1]/_SUCCESS")
+    result = trigger.handler(s3_event("incoming/b[1]/_SUCCESS"), FakeContext())
+    assert result["refused"] == [execution_name("b[1]")]
+    assert aws.executions() == []  # no job ever reads incoming/b[1]/ as a pattern
+    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    notice = json.loads(json.loads(message["Body"])["Message"])
+    assert (notice["stage"], notice["batch_id"]) == ("intake", "b[1]")
+    assert notice["rule"] == "batch id is a plain folder name"
+    assert "[ ]" in notice["error"]
+
+
 def _end_execution(aws: Aws, name: str) -> str:
     """Stop the execution (if still running) and return its final status."""
     arn = execution_arn(aws.state_machine_arn, name)

@@ -35,11 +35,27 @@ def _with_offsets_and_cases(batch: Path) -> None:
             writer.writerows(rows)
 
 
+def _with_padded_categories(batch: Path) -> None:
+    """Every 3rd product's category padded with spaces or a tab: a label is trimmed, so each
+    engine must group "Jeans " with "Jeans"."""
+    for path in sorted(batch.glob("products*.csv")) + sorted(batch.glob("products/*.csv")):
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        for index, row in enumerate(rows):
+            if index % 3 == 0:
+                row["category"] = (" " if index % 2 else "\t") + row["category"] + "  "
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bench-kpis") / "batch"
     generate(root, 1500, seed=11, days=20, parts=3)
     _with_offsets_and_cases(root)
+    _with_padded_categories(root)
     return root
 
 
@@ -50,6 +66,7 @@ def reference(batch):
 
 def test_the_dataset_exercises_every_kpi(reference):
     categories, orders = reference
+    assert all(category == category.strip() for category, _ in categories)
     assert len({category for category, _ in categories}) >= 5
     assert any(row["avg_return_rate"] > 0 for row in categories.values())
     assert any(row["return_rate"] > 0 for row in orders.values())

@@ -38,7 +38,8 @@ order_id,user_id,status,created_at,returned_at,shipped_at,delivered_at,num_of_it
 110,22,pending,2025-03-01T10:00:00,,,,1,surplus
 """
 
-PRODUCTS_CSV = """\
+LONG_CATEGORY = "x" * 2100  # a DynamoDB partition key holds at most 2048 bytes
+PRODUCTS_CSV = f"""\
 id,sku,cost,category,name,brand,retail_price,department
 1,eHZ-67752426,15.58,Beauty,"Soap, lavender",Globex,53.95,Personal Care
 2,jlT-35226003,14.74,Books,Ünïcödé name,,53.07,Media
@@ -46,6 +47,7 @@ id,sku,cost,category,name,brand,retail_price,department
 202,abc-12345678,-1.00,Books,x,y,2.00,Media
 203,abd-12345678,1.00,Books,x,y,12.345,Media
 204,abe-12345678,1.00,,x,y,2.00,Media
+205,abf-12345678,1.00,{LONG_CATEGORY},x,y,2.00,Media
 """
 
 ITEMS_CSV = """\
@@ -83,6 +85,7 @@ CASES = {
     ("products", "cost not negative"): (202, None),
     ("products", "retail_price parses"): (203, "12.345"),
     ("products", "category present"): (204, None),
+    ("products", "category fits a key"): (205, "x" * 40 + "... (2100 bytes)"),
     ("order_items", "order_id refers to a known order"): (301, 999),
     ("order_items", "product_id refers to a known product"): (302, 888),
     ("order_items", "user_id matches the order's user_id"): (303, "item's 77, order's 10"),
@@ -282,8 +285,20 @@ def test_every_suite_covers_the_contract():
             if c.kind.value in ("id", "int", "money", "timestamp")
         }
         assert parsed <= must_be_null, name
+        labels = {f"{c.name}__too_long" for c in dataset.columns if c.kind.value == "label"}
+        assert labels <= must_be_null, name
         ordered = {f"{later}__before__{earlier}" for later, earlier in dataset.timestamp_order}
         assert ordered <= must_be_null, name
         assert {f"{fk.column}__orphan" for fk in dataset.foreign_keys} <= must_be_null
         # every rule column the suite checks is one the job adds
         assert must_be_null <= set(checkable_columns(dataset)), name
+
+
+def test_a_label_is_trimmed_so_padded_names_are_one_key(spark, tmp_path):
+    padded = PRODUCTS_CSV.splitlines()[:3]
+    padded[1] = padded[1].replace(",Beauty,", ",  Beauty ,")
+    padded[2] = padded[2].replace(",Books,", ',"Books\t",')
+    files = [_write(tmp_path, "products.csv", "\n".join(padded) + "\n")]
+    frame = read_checkable(spark, DATASETS["products"], files)
+    assert [r.category for r in frame.orderBy("id").collect()] == ["Beauty", "Books"]
+    assert frame.filter("category__too_long IS NOT NULL").count() == 0

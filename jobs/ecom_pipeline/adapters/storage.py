@@ -68,10 +68,17 @@ def _json_body(document: Any) -> bytes:
     return json.dumps(document, indent=2, default=str, ensure_ascii=False).encode("utf-8")
 
 
+class StoreError(RuntimeError):
+    """The store refused part of a request (e.g. some keys of a batch delete)."""
+
+
 class BucketStore:
-    def __init__(self, bucket: str, settings: AwsSettings) -> None:
+    """The bucket, through one S3 client (``s3``: injected, e.g. in tests; default: made from
+    ``settings``)."""
+
+    def __init__(self, bucket: str, settings: AwsSettings, *, s3: Any = None) -> None:
         self.bucket = bucket
-        self._s3 = make_client(settings, "s3")
+        self._s3 = s3 if s3 is not None else make_client(settings, "s3")
 
     def uri(self, key: str) -> str:
         """The object's URI for Spark: EMRFS reads and writes ``s3://`` on EMR (the pyspark
@@ -124,10 +131,25 @@ class BucketStore:
         return _upload_dir(self, local_dir, prefix, skip_hidden=skip_hidden)
 
     def delete(self, keys: list[str]) -> None:
+        """Delete every key, 1000 a request. DeleteObjects answers 200 even when some keys
+        could not be deleted (they come back under ``Errors``): every chunk is tried, then
+        the keys that survived are raised, so no caller takes a partial delete for a whole one."""
+        failed: list[str] = []
         for start in range(0, len(keys), 1000):
             chunk = keys[start : start + 1000]
-            self._s3.delete_objects(
+            response = self._s3.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+            )
+            failed += [
+                f"{error.get('Key')} ({error.get('Code')}: {error.get('Message', '')})"
+                for error in response.get("Errors", [])
+            ]
+        if failed:
+            shown = "; ".join(failed[:5]) + (
+                f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+            )
+            raise StoreError(
+                f"s3://{self.bucket}: {len(failed)} of {len(keys)} objects not deleted: {shown}"
             )
 
     def head(self, key: str) -> dict[str, Any] | None:

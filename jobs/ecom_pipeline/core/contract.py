@@ -20,6 +20,9 @@ class Kind(StrEnum):
     MONEY = "money"  # decimal, at most 2 fractional digits
     TIMESTAMP = "timestamp"  # ISO 8601; naive values are UTC
     TEXT = "text"
+    # text that names a group and keys a KPI table: surrounding spaces trimmed ("Jeans " is
+    # "Jeans"), at most LABEL_MAX_BYTES of UTF-8 (a DynamoDB partition key holds 2048 bytes)
+    LABEL = "label"
     STATUS = "status"  # one of ORDER_STATUSES, any letter case
 
 
@@ -73,6 +76,10 @@ RETURNED_STATUS = "returned"
 # SKU as in TheLook exports: three letters, a dash, eight digits (e.g. eHZ-67752426).
 SKU_PATTERN = r"^[A-Za-z]{3}-[0-9]{8}$"
 
+LABEL_MAX_BYTES = 2048
+# What trimming a label removes from both ends: ASCII whitespace (not Spark's trim, spaces only).
+LABEL_WHITESPACE = " \t\n\r\f\v"
+
 MONEY_PRECISION = 18
 MONEY_SCALE = 2
 RATE_SCALE = 4
@@ -102,7 +109,7 @@ PRODUCTS = Dataset(
         Column("id", Kind.ID, required=True),
         Column("sku", Kind.TEXT, required=True),
         Column("cost", Kind.MONEY, required=True),
-        Column("category", Kind.TEXT, required=True),
+        Column("category", Kind.LABEL, required=True),
         Column("name", Kind.TEXT),
         Column("brand", Kind.TEXT),
         Column("retail_price", Kind.MONEY, required=True),

@@ -8,10 +8,11 @@ covers the execution having finished or the plan having changed. A marker stored
 batch's last execution began is a new upload of the batch, not a repeated event: it starts the
 next replay execution (``<name>-replay-<n>``, as ``ecom-pipeline replay`` names them).
 
-A batch above the maximum size, one holding nothing but its marker, or one whose manifest.json
-cannot be planned is refused before anything starts: no execution, a FAILED notice (stage
-"intake") naming the batch and why, and the invocation succeeds (retrying would refuse it
-again). Without a topic nobody could be told, so the invocation fails instead.
+A batch above the maximum size, one holding nothing but its marker, one whose folder name Spark
+would read as a pattern, or one whose manifest.json cannot be planned is refused before anything
+starts: no execution, a FAILED notice (stage "intake") naming the batch and why, and the
+invocation succeeds (retrying would refuse it again). Without a topic nobody could be told, so
+the invocation fails instead.
 
 The AWS clients (S3, Step Functions, SNS) are handed in, so this module imports no AWS SDK.
 """
@@ -28,8 +29,10 @@ from typing import Any
 from ecom_pipeline.core import planning
 from ecom_pipeline.core.aws_errors import NOT_FOUND_CODES, error_code
 from ecom_pipeline.core.planning import (
+    BATCH_ID_RULE,
     EMPTY_BATCH_RULE,
     MANIFEST_MARKER,
+    BatchIdError,
     EmptyBatchError,
     ManifestError,
     S3ObjectEvent,
@@ -78,7 +81,7 @@ class Intake:
             fields = {"batch_id": batch_id, "execution_name": name, "key": record.key}
             try:
                 outcome, detail = self._start_batch(record, batch_id, name)
-            except (BatchTooLargeError, ManifestError, EmptyBatchError) as error:
+            except (BatchTooLargeError, ManifestError, EmptyBatchError, BatchIdError) as error:
                 self.log.error(  # noqa: TRY400 - the data's fault: no traceback
                     "batch refused",
                     extra={"error": str(error), "type": type(error).__name__, **fields},
@@ -149,9 +152,12 @@ class Intake:
         )
         for page in pages:
             objects.extend((o["Key"], o["Size"]) for o in page.get("Contents", []))
+        # A folder with a manifest is the files it lists, whichever marker arrived: validation
+        # and replay read the folder the same way.
         manifest_files = None
-        if record.key.endswith("/" + MANIFEST_MARKER):
-            body = self.s3.get_object(Bucket=record.bucket, Key=record.key)["Body"].read()
+        manifest_key = folder + MANIFEST_MARKER
+        if any(key == manifest_key for key, _ in objects):
+            body = self.s3.get_object(Bucket=record.bucket, Key=manifest_key)["Body"].read()
             manifest_files = read_manifest(body.decode("utf-8-sig"))
         # looked up on the module, so a test can give the plan other sizes
         plan = planning.plan_execution(
@@ -195,6 +201,8 @@ class Intake:
             details: dict[str, Any] = {"max_batch_bytes": self.settings.max_batch_bytes}
         elif isinstance(error, EmptyBatchError):
             details = {"rule": EMPTY_BATCH_RULE}
+        elif isinstance(error, BatchIdError):
+            details = {"rule": BATCH_ID_RULE}
         else:
             details = {"rule": "manifest.json lists the batch's files"}
         notice = {

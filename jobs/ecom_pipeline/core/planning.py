@@ -45,6 +45,30 @@ class ManifestError(ValueError):
     files the batch does not hold): the batch is refused, as the data's fault."""
 
 
+class BatchIdError(ValueError):
+    """A batch folder whose name Spark and Hadoop would read as a pattern or a URI part
+    (``[ ] { } * ? ^ :``): its files could be read wrongly, so the batch is refused."""
+
+
+# The rule such a batch breaks, in its FAILED intake notice.
+BATCH_ID_RULE = "batch id is a plain folder name"
+# Hadoop globs ( * ? [ ] { } ^ ) and the URI scheme separator, which a path segment cannot hold.
+_PATTERN_CHARS = re.compile(r"[\[\]{}*?^:]")
+
+
+def batch_id_problem(batch_id: str) -> str | None:
+    """Why ``batch_id`` cannot name a batch the jobs read, or None when it can."""
+    if not is_safe_batch_id(batch_id):
+        return f"batch id {batch_id!r} is not a safe folder name (no /, \\, .., control characters)"
+    found = sorted(set(_PATTERN_CHARS.findall(batch_id)))
+    if found:
+        return (
+            f"batch id {batch_id!r} holds {' '.join(found)}, which Spark reads as a file pattern: "
+            f"{BATCH_ID_RULE} (rename the folder)"
+        )
+    return None
+
+
 class EmptyBatchError(ValueError):
     """A complete batch holding no file at all besides its marker: nothing to validate."""
 
@@ -222,6 +246,9 @@ def plan_execution(
     """
     if not is_safe_batch_id(batch_id):
         raise ValueError(f"unsafe batch id {batch_id!r}")
+    problem = batch_id_problem(batch_id)
+    if problem is not None:
+        raise BatchIdError(problem)
     folder = batch_prefix(batch_id, incoming_prefix)
     sizes: dict[str, int] = {}
     for key, size in objects:

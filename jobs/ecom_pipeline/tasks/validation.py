@@ -33,6 +33,7 @@ from ecom_pipeline.core.layout import (
     result_key,
     staging_prefix,
 )
+from ecom_pipeline.core.planning import MANIFEST_MARKER, read_manifest
 from ecom_pipeline.core.settings import Settings
 from ecom_pipeline.transforms.curated import empty_as_local
 from ecom_pipeline.transforms.ingest import (
@@ -260,10 +261,19 @@ class BatchFiles:
         self.sizes: dict[str, int] = {}
         self.unrecognised: list[str] = []
         prefix = incoming_prefix(batch_id)
-        for stored in store.list(prefix):
+        listing = store.list(prefix)
+        # A folder with a manifest is exactly the files it lists (as the plan took them): a
+        # file beside them is neither checked nor a reference for the listed ones.
+        listed: set[str] | None = None
+        if any(stored.key == prefix + MANIFEST_MARKER for stored in listing):
+            body = store.get_bytes(prefix + MANIFEST_MARKER).decode("utf-8-sig")
+            listed = set(read_manifest(body))
+        for stored in listing:
             self.sizes[stored.key] = stored.size
             relative = stored.key[len(prefix) :]
-            if relative.startswith("_") or relative == "manifest.json":
+            if relative.startswith("_") or relative == MANIFEST_MARKER:
+                continue
+            if listed is not None and relative not in listed:
                 continue
             dataset = dataset_of_file(relative)
             if dataset is None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote_plus
+from urllib.parse import unquote
 
 from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
@@ -30,6 +30,7 @@ from pyspark.sql.types import (
 )
 
 from ecom_pipeline.core.contract import (
+    LABEL_MAX_BYTES,
     MONEY_PRECISION,
     MONEY_SCALE,
     PARSE_PATTERNS,
@@ -42,6 +43,8 @@ MALFORMED_ROW = "__malformed_row"
 UNPARSABLE_SUFFIX = "__unparsable"
 MISSING_SUFFIX = "__missing"
 _CORRUPT = "_corrupt_record"
+# contract.LABEL_WHITESPACE at either end of a value (Java regex; \x0B is the vertical tab)
+_LABEL_ENDS = r"^[ \t\n\r\f\x0B]+|[ \t\n\r\f\x0B]+$"
 _TYPED_PREFIX = "__typed__"  # to_checkable's intermediate typed values (never in its output)
 
 SPARK_TYPES: dict[Kind, DataType] = {
@@ -50,6 +53,7 @@ SPARK_TYPES: dict[Kind, DataType] = {
     Kind.MONEY: DecimalType(MONEY_PRECISION, MONEY_SCALE),
     Kind.TIMESTAMP: TimestampType(),
     Kind.TEXT: StringType(),
+    Kind.LABEL: StringType(),
     Kind.STATUS: StringType(),
 }
 PARSED_KINDS = (Kind.ID, Kind.INT, Kind.MONEY, Kind.TIMESTAMP)
@@ -62,6 +66,12 @@ UNDICTIONARIED_KINDS = (Kind.ID, Kind.MONEY, Kind.TIMESTAMP)
 
 def unparsable_column(name: str) -> str:
     return f"{name}{UNPARSABLE_SUFFIX}"
+
+
+def too_long_column(name: str) -> str:
+    """The diagnostic column of a label column: the start of a value longer than
+    LABEL_MAX_BYTES, with its length."""
+    return f"{name}__too_long"
 
 
 def missing_column(name: str) -> str:
@@ -312,12 +322,15 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(//)?")
 def _plain_path(column: Column) -> Column:
     """Spark's ``_metadata.file_path`` as a plain path: scheme stripped (file:/p, file:///p,
     s3://bucket/key), percent-decoded; :func:`_plain_location` gives the same for a file."""
-    return F.url_decode(F.regexp_replace(column, "^[A-Za-z][A-Za-z0-9+.-]*:(//)?", ""))
+    without_scheme = F.regexp_replace(column, "^[A-Za-z][A-Za-z0-9+.-]*:(//)?", "")
+    # A path keeps a literal "+" (only % escapes are encoded), but url_decode is Java's form
+    # decoder, which reads "+" as a space: escape it first.
+    return F.url_decode(F.regexp_replace(without_scheme, "\\+", "%2B"))
 
 
 def _plain_uri(file_path: str) -> str:
-    """:func:`_plain_path` on the driver (``url_decode`` is Java's URLDecoder: + is a space)."""
-    return unquote_plus(_SCHEME.sub("", file_path))
+    """:func:`_plain_path` on the driver: % escapes decoded, a "+" kept."""
+    return unquote(_SCHEME.sub("", file_path))
 
 
 def _plain_location(data_file: DataFile) -> str:
@@ -456,8 +469,11 @@ def read_raw(spark: SparkSession, files: Sequence[DataFile]) -> DataFrame:
 
 def _parse(raw: Column, kind: Kind) -> Column:
     text = F.trim(raw)
-    if kind in (Kind.TEXT,):
+    if kind is Kind.TEXT:
         return F.when(text != "", raw)
+    if kind is Kind.LABEL:
+        label = F.regexp_replace(raw, _LABEL_ENDS, "")
+        return F.when(label != "", label)
     if kind is Kind.STATUS:
         return F.when(text != "", F.lower(text))
     return F.when(text.rlike(PARSE_PATTERNS[kind]), text.try_cast(SPARK_TYPES[kind]))
@@ -505,8 +521,19 @@ def to_checkable(raw: DataFrame, dataset: Dataset) -> DataFrame:
                     well_formed & (F.trim(raw_value) != "") & parsed.isNull(), raw_value
                 )
                 selected.append(bad_text.alias(unparsable_column(column.name)))
+            if column.kind is Kind.LABEL:
+                too_long = F.concat(
+                    F.substring(parsed, 1, 40), F.lit("... ("),
+                    F.octet_length(parsed).cast(StringType()), F.lit(" bytes)"),
+                )  # fmt: skip
+                selected.append(
+                    F.when(F.octet_length(parsed) > LABEL_MAX_BYTES, too_long).alias(
+                        too_long_column(column.name)
+                    )
+                )
             if column.required:
-                absent = well_formed & (raw_value.isNull() | (F.trim(raw_value) == ""))
+                blank = parsed.isNull() if column.kind is Kind.LABEL else F.trim(raw_value) == ""
+                absent = well_formed & (raw_value.isNull() | blank)
                 selected.append(
                     F.when(absent, F.coalesce(raw_value, F.lit(""))).alias(
                         missing_column(column.name)
@@ -515,6 +542,8 @@ def to_checkable(raw: DataFrame, dataset: Dataset) -> DataFrame:
         else:
             if column.kind in PARSED_KINDS:
                 selected.append(_null_text(unparsable_column(column.name)))
+            if column.kind is Kind.LABEL:
+                selected.append(_null_text(too_long_column(column.name)))
             if column.required:
                 selected.append(_null_text(missing_column(column.name)))
     for later, earlier in dataset.timestamp_order:
@@ -544,6 +573,8 @@ def expected_checkable_columns(dataset: Dataset) -> list[str]:
         names.append(column.name)
         if column.kind in PARSED_KINDS:
             names.append(unparsable_column(column.name))
+        if column.kind is Kind.LABEL:
+            names.append(too_long_column(column.name))
         if column.required:
             names.append(missing_column(column.name))
     names += [out_of_order_column(later, earlier) for later, earlier in dataset.timestamp_order]
