@@ -451,5 +451,6 @@ def test_the_state_machines_validate_command_runs_as_the_container_would(dockerf
         assert "rule 'status allowed' failed" in bad.stderr
         assert aws.store.get_json(result_key("good-batch", "orders"))["success"] is True
         assert aws.store.get_json(result_key("bad-batch", "orders"))["success"] is False
-        assert aws.store.list(staging_prefix("good-batch", "orders"))
-        assert not aws.store.list(staging_prefix("bad-batch", "orders"))
+        # the task's run is its execution (named after the batch here, as a first run is)
+        assert aws.store.list(staging_prefix("good-batch", "good-batch", "orders"))
+        assert not aws.store.list(staging_prefix("bad-batch", "bad-batch", "orders"))

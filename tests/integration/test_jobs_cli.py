@@ -58,7 +58,9 @@ def test_validate_exits_3_naming_file_rule_count_and_value(spark, aws, tmp_path,
     assert result["success"] is False
     assert result["failed_rules"][0]["unexpected_count"] == 1
     assert result["data_docs"].startswith(f"s3://{aws.bucket}/data-docs/b1/orders/")
-    assert aws.store.list(staging_prefix("b1", "orders")) == []  # nothing staged for the KPI job
+    assert (
+        aws.store.list(staging_prefix("b1", "manual", "orders")) == []
+    )  # nothing staged for the KPI job
     metrics = _validation_metrics(err)
     assert (metrics["RowsRead"], metrics["RowsRejected"], metrics["RuleViolations"]) == (2, 2, 1)
     assert (metrics["RulesFailed"], metrics["BatchRejected"]) == (1, 1)

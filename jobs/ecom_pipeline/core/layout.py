@@ -32,8 +32,14 @@ def archive_prefix(batch_id: str) -> str:
     return f"{ARCHIVE}/{batch_id}/"
 
 
-def staging_prefix(batch_id: str, dataset: str) -> str:
-    return f"{STAGING}/{batch_id}/{dataset}/"
+def run_staging_prefix(batch_id: str, run_id: str) -> str:
+    """Where one run (one execution) of a batch stages its accepted rows: apart from every
+    other run's, so a KPI run applies exactly the rows its own upload brought."""
+    return f"{STAGING}/{batch_id}/{run_id}/"
+
+
+def staging_prefix(batch_id: str, run_id: str, dataset: str) -> str:
+    return f"{run_staging_prefix(batch_id, run_id)}{dataset}/"
 
 
 def curated_prefix(dataset: str) -> str:

@@ -35,6 +35,9 @@ DEFAULT_SHUFFLE_PARTITIONS = 8
 DEFAULT_LOCK_LEASE_S = 120.0  # a run that dies leaves the lock free after this long
 DEFAULT_LOCK_WAIT_S = 900.0
 
+# The run id of jobs started by hand (no EXECUTION_ID): their validate and compute-kpis meet.
+MANUAL_RUN = "manual"
+
 # Data roots the jobs read and write directly with Spark (direct I/O mode).
 DATA_ROOT_SCHEMES = ("s3", "file")
 
@@ -276,6 +279,12 @@ class Settings:
                 file_root(self.data_root)
             except ValueError as e:
                 raise ConfigError(f"{ENVIRONMENT['data_root']}: {e}") from e
+
+    @property
+    def run_id(self) -> str:
+        """The run a job belongs to: its Step Functions execution's name, or MANUAL_RUN for a
+        command run by hand. A run's staged rows are kept apart from every other run's."""
+        return self.execution_id.rsplit(":", 1)[-1] if self.execution_id else MANUAL_RUN
 
     @property
     def direct_io(self) -> bool:

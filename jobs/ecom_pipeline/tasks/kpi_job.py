@@ -46,7 +46,7 @@ from pyspark.sql import functions as F
 from ecom_pipeline.adapters.aws import make_client
 from ecom_pipeline.adapters.dynamo import delete_keys, write_items
 from ecom_pipeline.adapters.lock import Lease
-from ecom_pipeline.adapters.storage import Store, data_keys, open_store
+from ecom_pipeline.adapters.storage import Store, StoreError, data_keys, open_store
 from ecom_pipeline.core import logs
 from ecom_pipeline.core.contract import (
     CATEGORY_TABLE_KEY,
@@ -64,6 +64,7 @@ from ecom_pipeline.core.layout import (
     curated_prefix,
     is_side_file,
     kpi_result_key,
+    run_staging_prefix,
     staging_prefix,
 )
 from ecom_pipeline.core.settings import Settings
@@ -182,12 +183,14 @@ def plan(old: Tables, batch: Batch, stage: StageNewState | None = None) -> KpiPl
     )
 
 
-def read_batch(spark: SparkSession, store: Store, batch_id: str, local: Path | None) -> Batch:
-    """The batch's staged rows: downloaded to ``local`` first, or read in place when ``local``
-    is None (direct I/O)."""
+def read_batch(
+    spark: SparkSession, store: Store, batch_id: str, run_id: str, local: Path | None
+) -> Batch:
+    """The rows this run of the batch staged (no other run's): downloaded to ``local`` first,
+    or read in place when ``local`` is None (direct I/O)."""
     frames: dict[str, DataFrame | None] = {}
     for name, dataset in DATASETS.items():
-        prefix = staging_prefix(batch_id, name)
+        prefix = staging_prefix(batch_id, run_id, name)
         if not data_keys(store, prefix):
             frames[name] = None
             continue
@@ -292,6 +295,7 @@ def compute_kpis(
         finally:
             lease.release()
         succeeded = True
+        _discard_staging(store, batch_id, config.run_id)
     finally:
         # a failed run reports too (how far it got, how long it took), so an alarm on
         # KpiJobFailed and the step durations see every run, not only the good ones
@@ -300,6 +304,16 @@ def compute_kpis(
         _emit_metrics(report, failed=not succeeded)
     log.info("kpis done", extra={"event": "kpi_result", **report.__dict__})
     return report
+
+
+def _discard_staging(store: Store, batch_id: str, run_id: str) -> None:
+    """Delete the rows this run staged, once they are applied: no other run reads them, so a
+    leftover costs only space (a failed delete is logged, not raised: the KPIs stand)."""
+    prefix = run_staging_prefix(batch_id, run_id)
+    try:
+        store.delete([o.key for o in store.list(prefix)])
+    except StoreError:
+        log.warning("staged rows of %s left in place", prefix, extra={"event": "staging_kept"})
 
 
 def _compute_locked(
@@ -316,9 +330,12 @@ def _compute_locked(
     with _timed(report, "recover curated store"):
         recover_curated(store)
     with _timed(report, "read"):
-        batch = read_batch(spark, store, batch_id, None if direct else work / "staged")
+        staged = run_staging_prefix(batch_id, config.run_id)
+        batch = read_batch(
+            spark, store, batch_id, config.run_id, None if direct else work / "staged"
+        )
         if batch.products is None and batch.orders is None and batch.items is None:
-            raise ValueError(f"batch {batch_id} has no validated rows under staging/{batch_id}/")
+            raise ValueError(f"batch {batch_id} has no validated rows under {staged}")
         stats = batch_stats(batch)  # rows accepted (for the notice) and fingerprint, one pass
         report.rows_accepted = {name: rows for name, (rows, _) in stats.items()}
         report.fingerprint = fingerprint_of(stats)

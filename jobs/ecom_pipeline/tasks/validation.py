@@ -421,7 +421,9 @@ def validate_dataset(
         known_references=lambda: _known_references(spark, dataset, batch, store, work),
         run_name=batch_id,
         work=work,
-        stage_uri=store.uri(staging_prefix(batch_id, dataset_name)) if config.direct_io else None,
+        stage_uri=store.uri(staging_prefix(batch_id, config.run_id, dataset_name))
+        if config.direct_io
+        else None,
     )
     rows = checked.rows
     report = ValidationReport(
@@ -440,7 +442,7 @@ def validate_dataset(
         report.data_docs = store.uri(f"{prefix}{checked.docs_page or 'index.html'}")
     if checked.staged_dir is not None:
         with logs.step(log, "upload accepted rows", rows=rows):
-            stage = staging_prefix(batch_id, dataset_name)
+            stage = staging_prefix(batch_id, config.run_id, dataset_name)
             store.delete([o.key for o in store.list(stage)])
             store.upload_dir(checked.staged_dir, stage)
     store.put_json(result_key(batch_id, dataset_name), report.as_dict())

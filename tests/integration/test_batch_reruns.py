@@ -1,0 +1,109 @@
+"""A batch id that runs again applies exactly the rows of its own upload, through the jobs'
+commands against the emulator: a producer re-uploads a corrected orders file into a batch that
+succeeded before, after a later batch corrected a product; the third run must not merge the
+first run's products and items again (which would revert the later correction)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+from ecom_pipeline.cli import main
+from ecom_pipeline.core.contract import CATEGORY_TABLE, ORDER_TABLE, ExitCode
+from ecom_pipeline.core.layout import incoming_prefix, run_staging_prefix
+from ecom_pipeline.local.emulator import LocalAws
+from reference_kpis import kpis_from_batches
+
+PRODUCTS = """\
+id,sku,cost,category,name,brand,retail_price,department
+5,abc-12345678,1.00,Books,Novel,Acme,9.99,Media
+6,abd-12345678,1.00,Games,Chess,Acme,19.99,Toys
+"""
+RECATEGORISED = """\
+id,sku,cost,category,name,brand,retail_price,department
+5,abc-12345678,1.00,Comics,Novel,Acme,9.99,Media
+"""
+ORDERS = """\
+order_id,user_id,status,created_at,returned_at,shipped_at,delivered_at,num_of_item
+1,10,delivered,2025-03-01T10:00:00,,2025-03-02T10:00:00,2025-03-03T10:00:00,1
+2,11,returned,2025-03-01T11:00:00,2025-03-05T10:00:00,2025-03-02T10:00:00,2025-03-03T10:00:00,1
+"""
+CORRECTED_ORDERS = ORDERS.replace(
+    "2,11,returned,2025-03-01T11:00:00,2025-03-05T10:00:00,",
+    "2,11,delivered,2025-03-01T11:00:00,,",
+)
+ITEMS = """\
+id,order_id,user_id,product_id,status,created_at,shipped_at,delivered_at,returned_at,sale_price
+1,1,10,5,delivered,2025-03-01T10:00:00,,,,9.99
+2,2,11,6,returned,2025-03-01T11:00:00,,,,8.50
+"""
+STATE_MACHINE = "arn:aws:states:us-east-1:123456789012:execution:ecom-pipeline"
+
+
+def _upload(aws, tmp_path: Path, batch_id: str, run: str, files: dict[str, str]) -> Path:
+    """The files in incoming/<batch>/ and in a local folder (for the reference)."""
+    local = tmp_path / run
+    for name, text in files.items():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_text(text, encoding="utf-8")
+        aws.store.put_bytes(
+            f"{incoming_prefix(batch_id)}{name}", text.encode(), content_type="text/csv"
+        )
+    return local
+
+
+def _run(aws, tmp_path: Path, batch_id: str, run: str, datasets: list[str], capsys) -> dict:
+    """One execution's tasks, as the state machine starts them (EXECUTION_ID names the run)."""
+    environ = {
+        "PIPELINE_BUCKET": aws.bucket,
+        "AWS_ENDPOINT_URL": aws.endpoint_url,
+        "PIPELINE_WORK_DIR": str(tmp_path / "work"),
+        "EXECUTION_ID": f"{STATE_MACHINE}:{run}",
+    }
+    for dataset in datasets:
+        code = main(["validate", "--batch-id", batch_id, "--dataset", dataset], environ=environ)
+        assert code == ExitCode.OK, capsys.readouterr().err
+    assert main(["compute-kpis", "--batch-id", batch_id], environ=environ) == ExitCode.OK
+    # what a settled run leaves: its files archived (the move task), its staged rows gone
+    for stored in aws.store.list(incoming_prefix(batch_id)):
+        aws.store.delete_object(stored.key)
+    assert aws.store.list(run_staging_prefix(batch_id, run)) == []
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _sorted(rows) -> list[dict]:
+    return sorted(rows, key=lambda row: (row.get("category", ""), row["order_date"]))
+
+
+def _table(aws, name: str) -> list[dict]:
+    """The table's items, numbers as Decimal (index-only attributes left out)."""
+    items = aws.client("dynamodb").scan(TableName=name)["Items"]
+    return _sorted(
+        {k: Decimal(v["N"]) if "N" in v else v["S"] for k, v in item.items() if k != "order_month"}
+        for item in items
+    )
+
+
+def _expected(rows: dict) -> list[dict]:
+    return _sorted(
+        {k: Decimal(v) if isinstance(v, int | Decimal) else v for k, v in row.items()}
+        for row in rows.values()
+    )
+
+
+def test_a_reupload_into_a_batch_applies_only_its_own_rows(spark, tmp_path, capsys):
+    with LocalAws() as aws:
+        first = _upload(aws, tmp_path, "b1", "b1", {
+            "products.csv": PRODUCTS, "orders.csv": ORDERS, "order_items.csv": ITEMS,
+        })  # fmt: skip
+        _run(aws, tmp_path, "b1", "b1", ["products", "orders", "order_items"], capsys)
+        later = _upload(aws, tmp_path, "b2", "b2", {"products.csv": RECATEGORISED})
+        _run(aws, tmp_path, "b2", "b2", ["products"], capsys)
+        again = _upload(aws, tmp_path, "b1", "b1-replay-1", {"orders.csv": CORRECTED_ORDERS})
+        report = _run(aws, tmp_path, "b1", "b1-replay-1", ["orders"], capsys)
+        assert report["rows_accepted"] == {"orders": 2}  # nobody sent products or items again
+        categories, orders = kpis_from_batches([first, later, again])
+        assert _table(aws, CATEGORY_TABLE) == _expected(categories)
+        assert _table(aws, ORDER_TABLE) == _expected(orders)
+        assert {row["category"] for row in categories.values()} == {"Comics", "Games"}
