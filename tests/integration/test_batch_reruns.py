@@ -1,7 +1,6 @@
-"""A batch id that runs again applies exactly the rows of its own upload, through the jobs'
-commands against the emulator: a producer re-uploads a corrected orders file into a batch that
-succeeded before, after a later batch corrected a product; the third run must not merge the
-first run's products and items again (which would revert the later correction)."""
+"""Runs of batches through the jobs' commands against the emulator, as the state machine starts
+them: each run applies exactly the rows of its own upload, and the newest upload wins whatever
+order the runs finish in."""
 
 from __future__ import annotations
 
@@ -53,7 +52,16 @@ def _upload(aws, tmp_path: Path, batch_id: str, run: str, files: dict[str, str])
     return local
 
 
-def _run(aws, tmp_path: Path, batch_id: str, run: str, datasets: list[str], capsys) -> dict:
+def _run(
+    aws,
+    tmp_path: Path,
+    batch_id: str,
+    run: str,
+    datasets: list[str],
+    capsys,
+    *,
+    received_at: str | None = None,
+) -> dict:
     """One execution's tasks, as the state machine starts them (EXECUTION_ID names the run)."""
     environ = {
         "PIPELINE_BUCKET": aws.bucket,
@@ -64,7 +72,9 @@ def _run(aws, tmp_path: Path, batch_id: str, run: str, datasets: list[str], caps
     for dataset in datasets:
         code = main(["validate", "--batch-id", batch_id, "--dataset", dataset], environ=environ)
         assert code == ExitCode.OK, capsys.readouterr().err
-    assert main(["compute-kpis", "--batch-id", batch_id], environ=environ) == ExitCode.OK
+    upload = ["--received-at", received_at] if received_at else []
+    code = main(["compute-kpis", "--batch-id", batch_id, *upload], environ=environ)
+    assert code == ExitCode.OK, capsys.readouterr().err
     # what a settled run leaves: its files archived (the move task), its staged rows gone
     for stored in aws.store.list(incoming_prefix(batch_id)):
         aws.store.delete_object(stored.key)
@@ -107,3 +117,38 @@ def test_a_reupload_into_a_batch_applies_only_its_own_rows(spark, tmp_path, caps
         assert _table(aws, CATEGORY_TABLE) == _expected(categories)
         assert _table(aws, ORDER_TABLE) == _expected(orders)
         assert {row["category"] for row in categories.values()} == {"Comics", "Games"}
+
+
+def test_the_newest_upload_wins_whatever_order_the_runs_finish_in(spark, tmp_path, capsys):
+    """A large batch uploaded first and a small correction uploaded second: the correction's
+    run finishes first, the large one's second, and a replay of the large one comes last; the
+    tables still hold the correction (the merge keeps the newest upload's row per key)."""
+    with LocalAws() as aws:
+        large = _upload(aws, tmp_path, "large", "large", {
+            "products.csv": PRODUCTS, "orders.csv": ORDERS, "order_items.csv": ITEMS,
+        })  # fmt: skip
+        correction = _upload(aws, tmp_path, "fix", "fix", {
+            "products.csv": RECATEGORISED, "orders.csv": CORRECTED_ORDERS,
+        })  # fmt: skip
+        uploaded = {"large": "2025-04-01T10:00:00Z", "fix": "2025-04-01T10:05:00Z"}
+        folders = {"large": large, "fix": correction}
+        for batch_id, run in (("fix", "fix"), ("large", "large"), ("large", "large-replay-1")):
+            _restage(aws, folders[batch_id], batch_id)
+            datasets = _datasets(folders[batch_id])
+            _run(aws, tmp_path, batch_id, run, datasets, capsys, received_at=uploaded[batch_id])
+        categories, orders = kpis_from_batches([large, correction])  # in upload order
+        assert _table(aws, CATEGORY_TABLE) == _expected(categories)
+        assert _table(aws, ORDER_TABLE) == _expected(orders)
+        assert {row["category"] for row in categories.values()} == {"Comics", "Games"}
+
+
+def _datasets(folder: Path) -> list[str]:
+    names = {path.stem for path in folder.glob("*.csv")}
+    return [d for d in ("products", "orders", "order_items") if d in names]
+
+
+def _restage(aws, folder: Path, batch_id: str) -> None:
+    """The batch's files back in incoming/ (as a replay gathers them)."""
+    for path in folder.glob("*.csv"):
+        key = f"{incoming_prefix(batch_id)}{path.name}"
+        aws.store.put_bytes(key, path.read_bytes(), content_type="text/csv")

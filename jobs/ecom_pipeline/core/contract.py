@@ -156,6 +156,14 @@ ORDER_ITEMS = Dataset(
 )
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (PRODUCTS, ORDERS, ORDER_ITEMS)}
+
+# Which row of a key the curated store keeps: the one from the newest upload. A row's version
+# is its batch's upload time (the marker's event time, the plan's received_at; a replay keeps
+# its batch's original one), so runs may finish in any order, and be replayed or retried, and
+# the store still holds what one run over all accepted data in upload order would. Equal
+# versions (the same upload applied again): the incoming row. Rows stored before versions
+# existed count as the oldest.
+VERSION_COLUMN = "_version"
 # Order in which a batch's datasets are merged: a dataset only refers to earlier ones.
 DATASET_ORDER: tuple[str, ...] = ("products", "orders", "order_items")
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import TimestampType
 
 from ecom_pipeline.adapters.aws import make_client
 from ecom_pipeline.adapters.dynamo import delete_keys, write_items
@@ -55,6 +56,7 @@ from ecom_pipeline.core.contract import (
     LOCK_CURATED_STORE,
     MONTH_FORMAT,
     ORDER_TABLE_KEY,
+    VERSION_COLUMN,
     Dataset,
 )
 from ecom_pipeline.core.layout import (
@@ -284,7 +286,7 @@ def compute_kpis(
             lease.__enter__()
         try:
             report.lock_wait_s = lease.waited_s
-            _compute_locked(spark(), config, store, lease, report)
+            _compute_locked(spark(), config, store, lease, report, upload_version(received_at))
             report.duration_s = round(time.perf_counter() - started, 3)
             if received_at:
                 arrival = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
@@ -316,12 +318,30 @@ def _discard_staging(store: Store, batch_id: str, run_id: str) -> None:
         log.warning("staged rows of %s left in place", prefix, extra={"event": "staging_kept"})
 
 
+def upload_version(received_at: str | None) -> datetime:
+    """The version of a run's rows (contract.VERSION_COLUMN): its batch's upload time, or,
+    for a run started by hand without one, now."""
+    if not received_at:
+        return datetime.now(UTC)
+    return datetime.fromisoformat(received_at.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def with_version(batch: Batch, version: datetime) -> Batch:
+    """The batch's rows, each carrying ``version``."""
+    stamp = F.lit(version).cast(TimestampType()).alias(VERSION_COLUMN)
+    return Batch(
+        *(None if frame is None else frame.select("*", stamp) for frame in
+          (batch.products, batch.orders, batch.items))
+    )  # fmt: skip
+
+
 def _compute_locked(
     spark: SparkSession,
     config: Settings,
     store: Store,
     lease: Lease,
     report: KpiReport,
+    version: datetime,
 ) -> None:
     batch_id = report.batch_id
     work = config.work_dir / "kpis" / batch_id
@@ -351,6 +371,7 @@ def _compute_locked(
             report.dashboard = previous.get("dashboard")
             return
         old = read_tables(spark, store, None if direct else work / "curated")
+        batch = with_version(batch, version)
     with _timed(report, "plan") as fields:
         where = _new_rows_location(store, batch_id, None if direct else work / "new")
         changes = plan(old, batch, stage=lambda *state: write_new_state(*state, where=where))

@@ -20,12 +20,12 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StructType
+from pyspark.sql.types import LongType, StructType, TimestampType
 
 from ecom_pipeline.adapters.quality import RuleFailure, run_suite
 from ecom_pipeline.adapters.storage import Store, data_keys, open_store
 from ecom_pipeline.core import logs
-from ecom_pipeline.core.contract import DATASETS, Dataset, dataset_of_file
+from ecom_pipeline.core.contract import DATASETS, VERSION_COLUMN, Dataset, dataset_of_file
 from ecom_pipeline.core.layout import (
     curated_prefix,
     data_docs_prefix,
@@ -224,8 +224,10 @@ def read_checkable(spark: SparkSession, dataset: Dataset, files: list[DataFile])
 
 def curated_schema(dataset: Dataset) -> StructType:
     """The schema of a dataset's rows in the curated store: orders and items carry the
-    ``order_date`` they are partitioned by, products are not partitioned."""
-    return typed_schema(dataset, with_order_date=dataset.name != "products")
+    ``order_date`` they are partitioned by, products are not partitioned; every row carries
+    its version (contract.VERSION_COLUMN)."""
+    schema = typed_schema(dataset, with_order_date=dataset.name != "products")
+    return schema.add(VERSION_COLUMN, TimestampType(), nullable=True)
 
 
 def read_curated(spark: SparkSession, local_dir: Path, dataset: Dataset) -> DataFrame:

@@ -2,21 +2,23 @@
 
 The curated store holds every accepted row once: products as a dimension, orders and
 order_items partitioned by ``order_date`` (the UTC date of the order). A batch row replaces the
-row with the same id. Because a row may move (a corrected ``created_at``, an item moved to
-another order), the dates a batch touches are its rows' new dates *and* the dates its ids had
+row with the same id, unless the stored row comes from a newer upload
+(``contract.VERSION_COLUMN``). Because a row may move (a corrected ``created_at``, an item moved
+to another order), the dates a batch touches are its rows' new dates *and* the dates its ids had
 before; recomputing KPIs for exactly those dates keeps the tables equal to one run over all
-accepted data.
+accepted data in upload order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import TimestampType
 
-from ecom_pipeline.core.contract import WINDOW_DAYS
+from ecom_pipeline.core.contract import VERSION_COLUMN, WINDOW_DAYS
 from ecom_pipeline.transforms.ingest import with_order_date
 
 
@@ -45,10 +47,28 @@ def empty_as_local(frame: DataFrame) -> DataFrame:
     return frame.limit(0) if frame.isEmpty() else frame
 
 
+def versioned(frame: DataFrame) -> DataFrame:
+    """``frame`` with its rows' version (null, the oldest, where it has none)."""
+    if VERSION_COLUMN in frame.columns:
+        return frame
+    return frame.withColumn(VERSION_COLUMN, F.lit(None).cast(TimestampType()))
+
+
 def _replace(old: DataFrame, new: DataFrame | None, key: str) -> DataFrame:
+    """``old`` with ``new``'s rows in, key by key, except where ``old`` holds a newer version
+    of the key (contract.VERSION_COLUMN)."""
     if new is None:
         return old
-    return new.unionByName(old.join(new.select(key), on=key, how="left_anti"))
+    old, new = versioned(old), versioned(new)
+    oldest = F.lit(datetime(1970, 1, 1)).cast(TimestampType())
+    stored_newer = (
+        old.select(key, F.coalesce(F.col(VERSION_COLUMN), oldest).alias("_stored"))
+        .join(new.select(key, F.coalesce(F.col(VERSION_COLUMN), oldest).alias("_incoming")), key)
+        .where(F.col("_stored") > F.col("_incoming"))
+        .select(key)
+    )
+    winners = new.join(stored_newer, on=key, how="left_anti")
+    return winners.unionByName(old.join(winners.select(key), on=key, how="left_anti"))
 
 
 def merged_orders(old: Tables, batch: Batch) -> DataFrame:
@@ -112,7 +132,12 @@ def merge(old: Tables, batch: Batch, dates: list[date]) -> Tables:
     items = candidates.join(
         orders_after.select("order_id", "order_date"), on="order_id", how="inner"
     ).where(in_dates)
-    return Tables(products=products, orders=orders, items=items.select(*old.items.columns))
+    # the store's own columns (with the version where the store keeps one)
+    return Tables(
+        products=products.select(*old.products.columns),
+        orders=orders.select(*old.orders.columns),
+        items=items.select(*old.items.columns),
+    )
 
 
 def window_dates(dates: list[date]) -> list[date]:
