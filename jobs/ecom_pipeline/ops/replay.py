@@ -80,6 +80,19 @@ def _restore(store: BucketStore, batch_id: str, result: ReplayResult) -> None:
         store.delete_object(rejected + REASON_FILE)
 
 
+def _uploaded_at(sfn: Any, state_machine_arn: str, previous: list[tuple[str, str]]) -> str:
+    """When the batch was uploaded, as its last execution's plan says ('' when unknown)."""
+    if not previous:
+        return ""
+    described = sfn.describe_execution(
+        executionArn=execution_arn(state_machine_arn, previous[-1][0])
+    )
+    try:
+        return str(json.loads(described.get("input") or "{}").get("received_at") or "")
+    except json.JSONDecodeError:
+        return ""
+
+
 def replay_batch(
     sfn: Any,
     store: BucketStore,
@@ -130,7 +143,10 @@ def replay_batch(
             objects,
             manifest_files=manifest_files,
             incoming_prefix=INCOMING,
-            received_at=received_at or datetime.now(UTC).isoformat(timespec="milliseconds"),
+            # the batch's rows keep the version of their upload, not of the replay
+            received_at=received_at
+            or _uploaded_at(sfn, state_machine_arn, previous)
+            or datetime.now(UTC).isoformat(timespec="milliseconds"),
             kpi_retry_wait_s=kpi_retry_wait_s,
         )
     except EmptyBatchError as e:
