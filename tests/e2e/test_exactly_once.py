@@ -231,13 +231,18 @@ def _flags(aws: LocalAws, work: Path) -> list[str]:
     return ["--bucket", aws.bucket, "--endpoint-url", aws.endpoint_url, "--work-dir", str(work)]
 
 
-def _stage(aws: LocalAws, folder: Path, batch_id: str, work: Path) -> None:
-    """Upload a batch and validate each of its datasets with the container command."""
+def _stage(
+    aws: LocalAws, folder: Path, batch_id: str, work: Path, execution_id: str | None = None
+) -> None:
+    """Upload a batch and validate each of its datasets with the container command (as the
+    execution ``execution_id`` runs it, whose KPI task then reads what it staged)."""
     aws.store.upload_dir(folder, incoming_prefix(batch_id), skip_hidden=False)
+    environ = {"EXECUTION_ID": execution_id} if execution_id else None
     for dataset in DATASETS:
         if any(folder.rglob(f"{dataset}*.csv")):
             flags = _flags(aws, work)
-            assert main(["validate", "--batch-id", batch_id, "--dataset", dataset, *flags]) == 0
+            command = ["validate", "--batch-id", batch_id, "--dataset", dataset, *flags]
+            assert main(command, environ=environ) == 0
 
 
 def test_dynamodb_failing_mid_write_exits_4_naming_table_and_count_and_a_rerun_converges(
@@ -311,13 +316,14 @@ def test_two_kpi_runs_at_once_are_serialised_and_lose_nothing(spark, tmp_path):
         )
         halves.append(folder)
     with LocalAws() as aws:
+        execution = "arn:aws:states:us-east-1:1:execution:ecom:{}".format
         for number, folder in enumerate(halves, 1):
-            _stage(aws, folder, f"half{number}", tmp_path / "w")
+            batch = f"half{number}"
+            _stage(aws, folder, batch, tmp_path / "w", execution_id=execution(batch))
         processes = [
             subprocess.Popen(
                 [sys.executable, "-m", "ecom_pipeline.cli", "compute-kpis", "--batch-id", batch],
-                env=_job_env(aws, tmp_path / f"job-{batch}")
-                | {"EXECUTION_ID": f"arn:aws:states:us-east-1:1:execution:ecom:{batch}"},
+                env=_job_env(aws, tmp_path / f"job-{batch}") | {"EXECUTION_ID": execution(batch)},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

@@ -5,12 +5,22 @@ order the runs finish in."""
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 from pathlib import Path
 
+from ecom_pipeline.adapters.storage import BucketStore
 from ecom_pipeline.cli import main
-from ecom_pipeline.core.contract import CATEGORY_TABLE, ORDER_TABLE, ExitCode
-from ecom_pipeline.core.layout import incoming_prefix, run_staging_prefix
+from ecom_pipeline.core.contract import (
+    CATEGORY_TABLE,
+    LOCK_CURATED_STORE,
+    LOCK_EXPIRY_ATTRIBUTE,
+    LOCK_TABLE,
+    LOCK_TABLE_KEY,
+    ORDER_TABLE,
+    ExitCode,
+)
+from ecom_pipeline.core.layout import curated_journal_key, incoming_prefix, run_staging_prefix
 from ecom_pipeline.local.emulator import LocalAws
 from reference_kpis import kpis_from_batches
 
@@ -152,3 +162,52 @@ def _restage(aws, folder: Path, batch_id: str) -> None:
     for path in folder.glob("*.csv"):
         key = f"{incoming_prefix(batch_id)}{path.name}"
         aws.store.put_bytes(key, path.read_bytes(), content_type="text/csv")
+
+
+def test_a_run_that_lost_its_lease_stops_before_it_changes_the_curated_store(
+    spark, tmp_path, capsys, monkeypatch
+):
+    """Another run takes the lease over while this one replaces curated partitions: this one
+    stops at its next step (exit 4, retry), and the next run finishes from a consistent store."""
+    with LocalAws() as aws:
+        first = _upload(aws, tmp_path, "b1", "b1", {
+            "products.csv": PRODUCTS, "orders.csv": ORDERS, "order_items.csv": ITEMS,
+        })  # fmt: skip
+        _run(aws, tmp_path, "b1", "b1", ["products", "orders", "order_items"], capsys)
+        second = _upload(aws, tmp_path, "b2", "b2", {"orders.csv": CORRECTED_ORDERS})
+        environ = {
+            "PIPELINE_BUCKET": aws.bucket,
+            "AWS_ENDPOINT_URL": aws.endpoint_url,
+            "PIPELINE_WORK_DIR": str(tmp_path / "work"),
+            "EXECUTION_ID": f"{STATE_MACHINE}:b2",
+        }
+        code = main(["validate", "--batch-id", "b2", "--dataset", "orders"], environ=environ)
+        assert code == ExitCode.OK
+        real_upload = BucketStore.upload_file
+
+        def taken_over_while_uploading(store, path, key):
+            if key.startswith("curated/"):  # a takeover, after this run's journal was written
+                aws.client("dynamodb").put_item(
+                    TableName=LOCK_TABLE,
+                    Item={
+                        LOCK_TABLE_KEY[0]: {"S": LOCK_CURATED_STORE},
+                        "owner": {"S": "a-takeover"},
+                        LOCK_EXPIRY_ATTRIBUTE: {"N": str(int(time.time()) + 5)},
+                    },
+                )
+            real_upload(store, path, key)
+
+        monkeypatch.setattr(BucketStore, "upload_file", taken_over_while_uploading)
+        assert main(["compute-kpis", "--batch-id", "b2"], environ=environ) == ExitCode.DEPENDENCY
+        assert "no longer ours" in capsys.readouterr().err
+        journal = aws.store.get_json(curated_journal_key())
+        assert journal["state"] == "uploading"  # never committed over the takeover
+        assert [o.key for o in aws.store.list("curated/") if o.key in journal["new"]] == []
+        monkeypatch.undo()
+        aws.client("dynamodb").delete_item(
+            TableName=LOCK_TABLE, Key={LOCK_TABLE_KEY[0]: {"S": LOCK_CURATED_STORE}}
+        )  # the takeover ended
+        assert main(["compute-kpis", "--batch-id", "b2"], environ=environ) == ExitCode.OK
+        categories, orders = kpis_from_batches([first, second])
+        assert _table(aws, CATEGORY_TABLE) == _expected(categories)
+        assert _table(aws, ORDER_TABLE) == _expected(orders)

@@ -42,6 +42,12 @@ from ecom_pipeline.transforms.ingest import (
 )
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+
+
+def _no_fence() -> None:
+    """The lease check the job passes: these tests hold no lease."""
+
+
 ORDERS_HEADER = (
     b"order_id,user_id,status,created_at,returned_at,shipped_at,delivered_at,num_of_item\n"
 )
@@ -273,7 +279,7 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     store = FileStore(tmp_path / "root")
     d1, d2 = date(2025, 3, 1), date(2025, 3, 2)
     b1 = _orders(spark, [(1, "shipped", d1), (2, "shipped", d1)])
-    _replace_curated_in_place(store, _plan(spark, store, "b1", b1, [d1]), "b1")
+    _replace_curated_in_place(store, _plan(spark, store, "b1", b1, [d1]), "b1", _no_fence)
     assert _curated_orders(spark, store) == {
         (1, "shipped", "2025-03-01"),
         (2, "shipped", "2025-03-01"),
@@ -281,7 +287,7 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     # the next batch rewrites d1 (order 2 left it) and adds d2
     after_b2 = {(1, "returned", "2025-03-01"), (3, "shipped", "2025-03-02")}
     b2 = _orders(spark, [(1, "returned", d1), (3, "shipped", d2)])
-    _replace_curated_in_place(store, _plan(spark, store, "b2", b2, [d1, d2]), "b2")
+    _replace_curated_in_place(store, _plan(spark, store, "b2", b2, [d1, d2]), "b2", _no_fence)
     assert _curated_orders(spark, store) == after_b2
     keys = [o.key for o in store.list("curated/")]
     assert all(k.startswith("curated/orders/order_date=") for k in data_keys(store, "curated/"))
@@ -304,7 +310,7 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     finally:
         spark.conf.unset("spark.sql.files.maxRecordsPerFile")
     with pytest.raises(OSError, match="killed"):
-        _replace_curated_in_place(store, b3_plan, "b3")
+        _replace_curated_in_place(store, b3_plan, "b3", _no_fence)
     assert store.get_json(curated_journal_key())["state"] == "uploading"
     # b2's file of d2 and the one copy of b3's that landed
     assert len(data_keys(store, "curated/orders/order_date=2025-03-02/")) == 2
@@ -323,7 +329,7 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     monkeypatch.setattr(store, "delete", dies_deleting_stale)
     b4 = _orders(spark, [(6, "shipped", d2)])
     with pytest.raises(OSError, match="killed"):
-        _replace_curated_in_place(store, _plan(spark, store, "b4", b4, [d2]), "b4")
+        _replace_curated_in_place(store, _plan(spark, store, "b4", b4, [d2]), "b4", _no_fence)
     monkeypatch.undo()
     assert store.get_json(curated_journal_key())["state"] == "committed"
     assert recover_curated(store) == "rolled forward"

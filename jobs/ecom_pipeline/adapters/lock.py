@@ -252,6 +252,13 @@ class Lease:
         if self._lost is not None:
             raise LockLostError(self._lost)
 
+    def fence(self) -> None:
+        """Raise LockLostError unless the lease is ours and unexpired now (one consistent read):
+        the check before each change to the curated store, so a run stalled past its lease
+        cannot write over a takeover's recovery."""
+        self.ensure_held()
+        self.guard()(self.client)
+
     # -- renewing --
 
     def _renew_loop(self) -> None:

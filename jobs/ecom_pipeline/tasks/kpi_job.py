@@ -98,6 +98,9 @@ log = logging.getLogger(__name__)
 COPY_THREADS = 16
 
 
+# raises LockLostError unless the curated-store lease is still ours (Lease.fence)
+Fence = Callable[[], None]
+
 # writes a batch's new curated rows and hands them back read from what it wrote
 # (see :func:`write_new_state`)
 StageNewState = Callable[[Tables, list[date], bool], Tables]
@@ -401,9 +404,9 @@ def _compute_locked(
         lease.ensure_held()
         with _timed(report, "update curated store"):
             if direct:
-                _replace_curated_in_place(store, changes, batch_id)
+                _replace_curated_in_place(store, changes, batch_id, lease.fence)
             else:
-                _replace_curated(store, changes, work / "new", batch_id)
+                _replace_curated(store, changes, work / "new", batch_id, lease.fence)
     with _timed(report, "publish dashboard"):
         datasets = [name for name in DATASET_ORDER if name in report.rows_accepted]
         report.dashboard = publish_dashboard_after_run(
@@ -520,7 +523,9 @@ def _stale_keys(store: Store, prefix: str, dates: list[date] | None) -> list[str
     return [o.key for d in dates for o in store.list(f"{prefix}order_date={d.isoformat()}/")]
 
 
-def _replace_curated(store: Store, changes: KpiPlan, local: Path, batch_id: str) -> None:
+def _replace_curated(
+    store: Store, changes: KpiPlan, local: Path, batch_id: str, fence: Fence
+) -> None:
     """Replace the affected curated partitions (and products, if the batch has any) under the
     journal, from the new rows :func:`write_new_state` wrote to ``local``/<dataset>: journal
     what comes and goes, upload, commit, delete, clear."""
@@ -537,10 +542,14 @@ def _replace_curated(store: Store, changes: KpiPlan, local: Path, batch_id: str)
     new_keys = [key for _, key in uploads]
     stale = [key for _, _, keys in replaced for key in keys if key not in set(new_keys)]
     journal = {"batch_id": batch_id, "state": "uploading", "new": new_keys, "stale": stale}
+    fence()
     store.put_json(curated_journal_key(), journal)
     for path, key in uploads:
+        fence()
         store.upload_file(path, key)
+    fence()
     store.put_json(curated_journal_key(), journal | {"state": "committed"})
+    fence()
     store.delete(stale)
     store.delete([curated_journal_key()])
 
@@ -563,7 +572,7 @@ def _new_rows_location(store: Store, batch_id: str, local: Path | None) -> Calla
     return lambda name: store.uri(f"{generation}{name}/")
 
 
-def _replace_curated_in_place(store: Store, changes: KpiPlan, batch_id: str) -> None:
+def _replace_curated_in_place(store: Store, changes: KpiPlan, batch_id: str, fence: Fence) -> None:
     """:func:`_replace_curated` in direct I/O mode: Spark wrote the new partitions to the run's
     generation folder (``curated/_new/<batch>/<dataset>/``, :func:`write_new_state`); the
     journal lists the keys they get under the dataset's prefix, the store copies them there,
@@ -588,13 +597,21 @@ def _replace_curated_in_place(store: Store, changes: KpiPlan, batch_id: str) -> 
         "stale": stale,
         "generation": generation,
     }
+    fence()
     store.put_json(curated_journal_key(), journal)
+
+    def fenced_copy(source: str, dest: str) -> None:
+        fence()
+        store.copy(source, dest)
+
     # Spark writes a file per task and date: copy them side by side (boto3 clients are
     # thread-safe); the commit waits for every copy, and any failure leaves it uncommitted
     with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
-        for done in [pool.submit(store.copy, source, dest) for source, dest in copies]:
+        for done in [pool.submit(fenced_copy, source, dest) for source, dest in copies]:
             done.result()
+    fence()
     store.put_json(curated_journal_key(), journal | {"state": "committed"})
+    fence()
     store.delete(stale)
     store.delete([o.key for o in store.list(generation)])
     store.delete([curated_journal_key()])
