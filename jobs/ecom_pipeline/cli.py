@@ -424,6 +424,8 @@ RETRYABLE_ERRORS = {
     "ecom_pipeline.adapters.lock": ("LockTimeoutError", "LockLostError"),
     # S3 refused some keys of a batch delete; the journal keeps the run recoverable
     "ecom_pipeline.adapters.storage": ("StoreError",),
+    # the curated store kept changing while validation listed it (a KPI run was committing)
+    "ecom_pipeline.tasks.validation": ("CuratedBusyError",),
 }
 
 

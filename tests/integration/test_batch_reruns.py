@@ -212,3 +212,36 @@ def test_a_run_that_lost_its_lease_stops_before_it_changes_the_curated_store(
         categories, orders = kpis_from_batches([first, second])
         assert _table(aws, CATEGORY_TABLE) == _expected(categories)
         assert _table(aws, ORDER_TABLE) == _expected(orders)
+
+
+MORE_ITEMS = """\
+id,order_id,user_id,product_id,status,created_at,shipped_at,delivered_at,returned_at,sale_price
+3,1,10,6,delivered,2025-03-01T10:00:00,,,,19.99
+4,2,11,5,returned,2025-03-01T11:00:00,,,,9.99
+"""
+
+
+def test_validation_reads_one_version_of_the_curated_store_while_it_is_replaced(
+    spark, tmp_path, capsys
+):
+    """A KPI run of another batch is halfway through replacing curated partitions (its new
+    files beside the old ones): validating items against the store must see every order once,
+    before the commit (the old files) and after it (the new ones)."""
+    with LocalAws() as aws:
+        _upload(aws, tmp_path, "b1", "b1", {
+            "products.csv": PRODUCTS, "orders.csv": ORDERS, "order_items.csv": ITEMS,
+        })  # fmt: skip
+        _run(aws, tmp_path, "b1", "b1", ["products", "orders", "order_items"], capsys)
+        old = [o.key for o in aws.store.list("curated/orders/") if o.key.endswith(".parquet")]
+        new = [key.replace(".parquet", "-other-run.parquet") for key in old]
+        for source, dest in zip(old, new, strict=True):
+            aws.store.copy(source, dest)
+        journal = {"batch_id": "other", "state": "uploading", "new": new, "stale": old}
+        aws.store.put_json(curated_journal_key(), journal)
+        _upload(aws, tmp_path, "b2", "b2", {"order_items.csv": MORE_ITEMS})
+        flags = ["--bucket", aws.bucket, "--endpoint-url", aws.endpoint_url]
+        flags += ["--work-dir", str(tmp_path / "work")]
+        for state in ("uploading", "committed"):
+            aws.store.put_json(curated_journal_key(), journal | {"state": state})
+            code = main(["validate", "--batch-id", "b2", "--dataset", "order_items", *flags])
+            assert code == ExitCode.OK, capsys.readouterr().err

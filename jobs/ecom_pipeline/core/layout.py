@@ -51,6 +51,12 @@ def curated_journal_key() -> str:
     return f"{CURATED}/_journal.json"
 
 
+def curated_commit_key() -> str:
+    """The last committed curated replacement (batch and time): readers without the lock see a
+    replacement finish by its change."""
+    return f"{CURATED}/_committed.json"
+
+
 CURATED_GENERATIONS = f"{CURATED}/_new/"
 
 

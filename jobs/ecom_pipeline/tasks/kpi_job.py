@@ -61,6 +61,7 @@ from ecom_pipeline.core.contract import (
 )
 from ecom_pipeline.core.layout import (
     CURATED_GENERATIONS,
+    curated_commit_key,
     curated_generation_prefix,
     curated_journal_key,
     curated_prefix,
@@ -549,9 +550,19 @@ def _replace_curated(
         store.upload_file(path, key)
     fence()
     store.put_json(curated_journal_key(), journal | {"state": "committed"})
+    _record_commit(store, batch_id)
     fence()
     store.delete(stale)
     store.delete([curated_journal_key()])
+
+
+def _record_commit(store: Store, batch_id: str) -> None:
+    """Mark a committed replacement, so a reader without the lock that listed the store while
+    it was replaced sees the change (validation.curated_snapshot)."""
+    store.put_json(
+        curated_commit_key(),
+        {"batch_id": batch_id, "at": datetime.now(UTC).isoformat(timespec="milliseconds")},
+    )
 
 
 def _clear_generations(store: Store, batch_id: str) -> str:
@@ -611,6 +622,7 @@ def _replace_curated_in_place(store: Store, changes: KpiPlan, batch_id: str, fen
             done.result()
     fence()
     store.put_json(curated_journal_key(), journal | {"state": "committed"})
+    _record_commit(store, batch_id)
     fence()
     store.delete(stale)
     store.delete([o.key for o in store.list(generation)])

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -27,6 +27,8 @@ from ecom_pipeline.adapters.storage import Store, data_keys, open_store
 from ecom_pipeline.core import logs
 from ecom_pipeline.core.contract import DATASETS, VERSION_COLUMN, Dataset, dataset_of_file
 from ecom_pipeline.core.layout import (
+    curated_commit_key,
+    curated_journal_key,
     curated_prefix,
     data_docs_prefix,
     incoming_prefix,
@@ -238,14 +240,64 @@ def read_curated(spark: SparkSession, local_dir: Path, dataset: Dataset) -> Data
     return spark.read.schema(schema).parquet(str(local_dir))
 
 
-def read_curated_at(spark: SparkSession, store: Store, dataset: Dataset) -> DataFrame:
-    """The curated store of a dataset read in place at the store's URI (direct I/O; empty
-    frame if nothing yet)."""
-    schema = curated_schema(dataset)
+class CuratedBusyError(RuntimeError):
+    """The curated store kept changing while it was listed: safe to retry (exit 4)."""
+
+
+SNAPSHOT_ATTEMPTS = 5
+
+
+def curated_snapshot(store: Store, dataset: Dataset) -> list[str]:
+    """The keys of a dataset's committed curated rows, for a reader that holds no lock (the
+    validation's reference checks): what the store lists, less what an unfinished replacement
+    adds (its journal uncommitted: the new files) or is about to remove (committed: the replaced
+    ones). The journal and the last commit are read before and after the listing, and it is
+    listed again when either changed, so one listing never mixes two versions of a partition."""
     prefix = curated_prefix(dataset.name)
-    if not any(key.endswith(".parquet") for key in data_keys(store, prefix)):
+
+    def marks() -> tuple[object, object]:
+        return store.get_json_or_none(curated_journal_key()), store.get_json_or_none(
+            curated_commit_key()
+        )
+
+    for _ in range(SNAPSHOT_ATTEMPTS):
+        before = marks()
+        keys = [key for key in data_keys(store, prefix) if key.endswith(".parquet")]
+        if marks() == before:
+            break
+    else:
+        raise CuratedBusyError(
+            f"{prefix} changed during each of {SNAPSHOT_ATTEMPTS} listings; try again"
+        )
+    journal = before[0]
+    if isinstance(journal, dict):
+        hidden = journal.get("stale" if journal.get("state") == "committed" else "new", [])
+        keys = [key for key in keys if key not in set(hidden)]
+    return keys
+
+
+def read_curated_at(spark: SparkSession, store: Store, dataset: Dataset) -> DataFrame:
+    """The committed curated rows of a dataset read in place at the store's URIs (direct I/O;
+    empty frame if nothing yet); see :func:`curated_snapshot`."""
+    schema = curated_schema(dataset)
+    keys = curated_snapshot(store, dataset)
+    if not keys:
         return spark.createDataFrame([], schema)
-    return spark.read.schema(schema).parquet(store.uri(prefix))
+    base = store.uri(curated_prefix(dataset.name))
+    return (
+        spark.read.schema(schema)
+        .option("basePath", base)  # keeps order_date from the partition folders
+        .parquet(*[store.uri(key) for key in keys])
+    )
+
+
+def download_curated(store: Store, dataset: Dataset, root: Path) -> Path:
+    """The committed curated rows of a dataset downloaded below ``root`` (staged I/O), laid out
+    as in the store; returns the dataset's folder there. See :func:`curated_snapshot`."""
+    store.download(curated_snapshot(store, dataset), root)
+    folder = root / PurePosixPath(curated_prefix(dataset.name))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 class BatchFiles:
@@ -489,8 +541,7 @@ def _known_references(
         curated = {name: read_curated_at(spark, store, DATASETS[name]) for name in targets}
         return known_references(spark, dataset, files, curated=curated)
     curated_dirs = {
-        name: store.download_prefix(curated_prefix(name), work / "curated" / name)
-        for name in targets
+        name: download_curated(store, DATASETS[name], work / "store") for name in targets
     }
     return known_references(spark, dataset, files, curated_dirs)
 
