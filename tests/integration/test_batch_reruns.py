@@ -233,6 +233,7 @@ def test_validation_reads_one_version_of_the_curated_store_while_it_is_replaced(
         })  # fmt: skip
         _run(aws, tmp_path, "b1", "b1", ["products", "orders", "order_items"], capsys)
         old = [o.key for o in aws.store.list("curated/orders/") if o.key.endswith(".parquet")]
+        assert old, aws.store.list("curated/")
         new = [key.replace(".parquet", "-other-run.parquet") for key in old]
         for source, dest in zip(old, new, strict=True):
             aws.store.copy(source, dest)
