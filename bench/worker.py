@@ -142,9 +142,9 @@ def scan(batch: Path, runs: int) -> dict[str, Any]:
 
 
 def kpis(work: Path, runs: int) -> dict[str, Any]:
+    from ecom_pipeline.adapters.curated_store import read_curated
     from ecom_pipeline.core.contract import DATASETS
     from ecom_pipeline.tasks.kpi_job import batch_stats, persisted, plan, write_new_state
-    from ecom_pipeline.tasks.validation import read_curated
     from ecom_pipeline.transforms.curated import Batch, Tables
     from ecom_pipeline.transforms.ingest import typed_schema
 

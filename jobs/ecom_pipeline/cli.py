@@ -425,7 +425,7 @@ RETRYABLE_ERRORS = {
     # S3 refused some keys of a batch delete; the journal keeps the run recoverable
     "ecom_pipeline.adapters.storage": ("StoreError",),
     # the curated store kept changing while validation listed it (a KPI run was committing)
-    "ecom_pipeline.tasks.validation": ("CuratedBusyError",),
+    "ecom_pipeline.adapters.curated_store": ("CuratedBusyError",),
 }
 
 

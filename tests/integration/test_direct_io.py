@@ -11,6 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from ecom_pipeline.adapters.curated_store import (
+    new_rows_location,
+    read_curated_at,
+    recover_curated,
+    replace_partitions_in_place,
+)
 from ecom_pipeline.adapters.storage import BucketStore, FileStore, Store, data_keys, open_store
 from ecom_pipeline.cli import main
 from ecom_pipeline.core.contract import DATASETS, ExitCode
@@ -22,14 +28,7 @@ from ecom_pipeline.core.layout import (
 )
 from ecom_pipeline.core.settings import ConfigError, Settings
 from ecom_pipeline.local.emulator import LocalAws
-from ecom_pipeline.tasks.kpi_job import (
-    KpiPlan,
-    _new_rows_location,
-    _replace_curated_in_place,
-    recover_curated,
-    write_new_state,
-)
-from ecom_pipeline.tasks.validation import read_curated_at
+from ecom_pipeline.tasks.kpi_job import KpiPlan, curated_parts_of, write_new_state
 from ecom_pipeline.transforms.curated import Tables
 from ecom_pipeline.transforms.ingest import (
     HEAD_BYTES,
@@ -253,7 +252,7 @@ def _plan(spark, store: FileStore, batch_id: str, orders, dates: list[date]) -> 
     batch's generation folder), as compute_kpis does before the KPIs."""
     items = spark.createDataFrame([], typed_schema(DATASETS["order_items"], with_order_date=True))
     products = spark.createDataFrame([], typed_schema(DATASETS["products"]))
-    where = _new_rows_location(store, batch_id, None)
+    where = new_rows_location(store, batch_id, None)
     new_state = write_new_state(Tables(products, orders, items), dates, False, where=where)
     unused = spark.range(0)
     return KpiPlan(
@@ -279,7 +278,9 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     store = FileStore(tmp_path / "root")
     d1, d2 = date(2025, 3, 1), date(2025, 3, 2)
     b1 = _orders(spark, [(1, "shipped", d1), (2, "shipped", d1)])
-    _replace_curated_in_place(store, _plan(spark, store, "b1", b1, [d1]), "b1", _no_fence)
+    replace_partitions_in_place(
+        store, curated_parts_of(_plan(spark, store, "b1", b1, [d1])), "b1", _no_fence
+    )
     assert _curated_orders(spark, store) == {
         (1, "shipped", "2025-03-01"),
         (2, "shipped", "2025-03-01"),
@@ -287,7 +288,9 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     # the next batch rewrites d1 (order 2 left it) and adds d2
     after_b2 = {(1, "returned", "2025-03-01"), (3, "shipped", "2025-03-02")}
     b2 = _orders(spark, [(1, "returned", d1), (3, "shipped", d2)])
-    _replace_curated_in_place(store, _plan(spark, store, "b2", b2, [d1, d2]), "b2", _no_fence)
+    replace_partitions_in_place(
+        store, curated_parts_of(_plan(spark, store, "b2", b2, [d1, d2])), "b2", _no_fence
+    )
     assert _curated_orders(spark, store) == after_b2
     keys = [o.key for o in store.list("curated/")]
     assert all(k.startswith("curated/orders/order_date=") for k in data_keys(store, "curated/"))
@@ -310,7 +313,7 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     finally:
         spark.conf.unset("spark.sql.files.maxRecordsPerFile")
     with pytest.raises(OSError, match="killed"):
-        _replace_curated_in_place(store, b3_plan, "b3", _no_fence)
+        replace_partitions_in_place(store, curated_parts_of(b3_plan), "b3", _no_fence)
     assert store.get_json(curated_journal_key())["state"] == "uploading"
     # b2's file of d2 and the one copy of b3's that landed
     assert len(data_keys(store, "curated/orders/order_date=2025-03-02/")) == 2
@@ -329,7 +332,9 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     monkeypatch.setattr(store, "delete", dies_deleting_stale)
     b4 = _orders(spark, [(6, "shipped", d2)])
     with pytest.raises(OSError, match="killed"):
-        _replace_curated_in_place(store, _plan(spark, store, "b4", b4, [d2]), "b4", _no_fence)
+        replace_partitions_in_place(
+            store, curated_parts_of(_plan(spark, store, "b4", b4, [d2])), "b4", _no_fence
+        )
     monkeypatch.undo()
     assert store.get_json(curated_journal_key())["state"] == "committed"
     assert recover_curated(store) == "rolled forward"

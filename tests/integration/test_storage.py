@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from ecom_pipeline.adapters.curated_store import recover_curated
 from ecom_pipeline.adapters.storage import BucketStore, StoreError
 from ecom_pipeline.core.layout import curated_journal_key
 from ecom_pipeline.local.emulator import LocalAws
-from ecom_pipeline.tasks.kpi_job import recover_curated
 
 
 class RefusingDeletes:

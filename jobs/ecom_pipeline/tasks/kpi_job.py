@@ -33,7 +33,6 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -45,6 +44,16 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import TimestampType
 
 from ecom_pipeline.adapters.aws import make_client
+from ecom_pipeline.adapters.curated_store import (
+    curated_schema,
+    new_rows_location,
+    read_curated,
+    read_curated_at,
+    recover_curated,
+    replace_partitions,
+    replace_partitions_in_place,
+    write_curated,
+)
 from ecom_pipeline.adapters.dynamo import delete_keys, write_items
 from ecom_pipeline.adapters.lock import Lease
 from ecom_pipeline.adapters.storage import Store, StoreError, data_keys, open_store
@@ -60,19 +69,13 @@ from ecom_pipeline.core.contract import (
     Dataset,
 )
 from ecom_pipeline.core.layout import (
-    CURATED_GENERATIONS,
-    curated_commit_key,
-    curated_generation_prefix,
-    curated_journal_key,
     curated_prefix,
-    is_side_file,
     kpi_result_key,
     run_staging_prefix,
     staging_prefix,
 )
 from ecom_pipeline.core.settings import Settings
 from ecom_pipeline.read.dashboard import publish_dashboard_after_run
-from ecom_pipeline.tasks.validation import curated_schema, read_curated, read_curated_at
 from ecom_pipeline.transforms.curated import (
     Batch,
     Tables,
@@ -83,7 +86,7 @@ from ecom_pipeline.transforms.curated import (
     window_dates,
     window_inputs,
 )
-from ecom_pipeline.transforms.ingest import parquet_options, typed_schema
+from ecom_pipeline.transforms.ingest import typed_schema
 from ecom_pipeline.transforms.kpis import (
     DATE_STRING,
     MONTH_STRING,
@@ -94,13 +97,6 @@ from ecom_pipeline.transforms.kpis import (
 )
 
 log = logging.getLogger(__name__)
-
-# copies in flight at once when direct I/O moves a run's new curated files into place
-COPY_THREADS = 16
-
-
-# raises LockLostError unless the curated-store lease is still ours (Lease.fence)
-Fence = Callable[[], None]
 
 # writes a batch's new curated rows and hands them back read from what it wrote
 # (see :func:`write_new_state`)
@@ -377,7 +373,7 @@ def _compute_locked(
         old = read_tables(spark, store, None if direct else work / "curated")
         batch = with_version(batch, version)
     with _timed(report, "plan") as fields:
-        where = _new_rows_location(store, batch_id, None if direct else work / "new")
+        where = new_rows_location(store, batch_id, None if direct else work / "new")
         changes = plan(old, batch, stage=lambda *state: write_new_state(*state, where=where))
         report.dates_recomputed = [d.isoformat() for d in changes.dates]
         fields["dates"] = len(changes.dates)
@@ -405,9 +401,10 @@ def _compute_locked(
         lease.ensure_held()
         with _timed(report, "update curated store"):
             if direct:
-                _replace_curated_in_place(store, changes, batch_id, lease.fence)
+                replace_partitions_in_place(store, curated_parts_of(changes), batch_id, lease.fence)
             else:
-                _replace_curated(store, changes, work / "new", batch_id, lease.fence)
+                parts = curated_parts_of(changes)
+                replace_partitions(store, parts, work / "new", batch_id, lease.fence)
     with _timed(report, "publish dashboard"):
         datasets = [name for name in DATASET_ORDER if name in report.rows_accepted]
         report.dashboard = publish_dashboard_after_run(
@@ -502,168 +499,5 @@ def write_new_state(
     return Tables(products=frames["products"], orders=frames["orders"], items=frames["order_items"])
 
 
-def _curated_parts_of(changes: KpiPlan) -> list[tuple[Dataset, DataFrame, list[date] | None]]:
+def curated_parts_of(changes: KpiPlan) -> list[tuple[Dataset, DataFrame, list[date] | None]]:
     return curated_parts(changes.new_state, changes.dates, changes.products_changed)
-
-
-def write_curated(
-    frame: DataFrame, dataset: Dataset, local: Path | str, dates: list[date] | None
-) -> None:
-    """Write new curated rows of ``dataset`` as Parquet to a local folder or a URI
-    (partitioned by order_date if dated)."""
-    writer = frame.write.mode("overwrite").options(**parquet_options(dataset))
-    if dates is not None:
-        writer = writer.partitionBy("order_date")
-    writer.parquet(str(local))
-
-
-def _stale_keys(store: Store, prefix: str, dates: list[date] | None) -> list[str]:
-    """The objects a rewrite of ``prefix`` (whole, or the partitions of ``dates``) replaces."""
-    if dates is None:
-        return [o.key for o in store.list(prefix)]
-    return [o.key for d in dates for o in store.list(f"{prefix}order_date={d.isoformat()}/")]
-
-
-def _replace_curated(
-    store: Store, changes: KpiPlan, local: Path, batch_id: str, fence: Fence
-) -> None:
-    """Replace the affected curated partitions (and products, if the batch has any) under the
-    journal, from the new rows :func:`write_new_state` wrote to ``local``/<dataset>: journal
-    what comes and goes, upload, commit, delete, clear."""
-    replaced: list[tuple[Path, str, list[str]]] = []  # local folder, prefix, stale keys
-    for dataset, _, dates in _curated_parts_of(changes):
-        name = dataset.name
-        prefix = curated_prefix(name)
-        replaced.append((local / name, prefix, _stale_keys(store, prefix, dates)))
-    if not replaced:
-        return
-    uploads = [
-        (path, key) for folder, prefix, _ in replaced for path, key in _files(folder, prefix)
-    ]
-    new_keys = [key for _, key in uploads]
-    stale = [key for _, _, keys in replaced for key in keys if key not in set(new_keys)]
-    journal = {"batch_id": batch_id, "state": "uploading", "new": new_keys, "stale": stale}
-    fence()
-    store.put_json(curated_journal_key(), journal)
-    for path, key in uploads:
-        fence()
-        store.upload_file(path, key)
-    fence()
-    store.put_json(curated_journal_key(), journal | {"state": "committed"})
-    _record_commit(store, batch_id)
-    fence()
-    store.delete(stale)
-    store.delete([curated_journal_key()])
-
-
-def _record_commit(store: Store, batch_id: str) -> None:
-    """Mark a committed replacement, so a reader without the lock that listed the store while
-    it was replaced sees the change (validation.curated_snapshot)."""
-    store.put_json(
-        curated_commit_key(),
-        {"batch_id": batch_id, "at": datetime.now(UTC).isoformat(timespec="milliseconds")},
-    )
-
-
-def _clear_generations(store: Store, batch_id: str) -> str:
-    """Delete every generation folder a run left before it wrote its journal (it died
-    writing: not data; the lock is held, so no other run writes one now) and return this
-    run's (``curated/_new/<batch>/``), where direct I/O writes its new curated rows."""
-    store.delete([o.key for o in store.list(CURATED_GENERATIONS)])
-    return curated_generation_prefix(batch_id)
-
-
-def _new_rows_location(store: Store, batch_id: str, local: Path | None) -> Callable[[str], str]:
-    """Where :func:`write_new_state` writes a dataset's new curated rows: ``local``/<dataset>,
-    or with direct I/O (``local`` None) the run's generation folder outside every dataset's
-    prefix. Nothing in the curated store changes until the journal moves them in."""
-    if local is not None:
-        return lambda name: str(local / name)
-    generation = _clear_generations(store, batch_id)
-    return lambda name: store.uri(f"{generation}{name}/")
-
-
-def _replace_curated_in_place(store: Store, changes: KpiPlan, batch_id: str, fence: Fence) -> None:
-    """:func:`_replace_curated` in direct I/O mode: Spark wrote the new partitions to the run's
-    generation folder (``curated/_new/<batch>/<dataset>/``, :func:`write_new_state`); the
-    journal lists the keys they get under the dataset's prefix, the store copies them there,
-    commits, deletes the replaced objects and the generation, and clears the journal."""
-    generation = curated_generation_prefix(batch_id)
-    copies: list[tuple[str, str]] = []  # generation key -> key in the store
-    stale: list[str] = []
-    for dataset, _, dates in _curated_parts_of(changes):
-        name = dataset.name
-        prefix = curated_prefix(name)
-        folder = f"{generation}{name}/"
-        copies += [(key, prefix + key[len(folder) :]) for key in data_keys(store, folder)]
-        stale += _stale_keys(store, prefix, dates)
-    if not copies and not stale:
-        return
-    new_keys = [key for _, key in copies]
-    stale = [key for key in stale if key not in set(new_keys)]
-    journal = {
-        "batch_id": batch_id,
-        "state": "uploading",
-        "new": new_keys,
-        "stale": stale,
-        "generation": generation,
-    }
-    fence()
-    store.put_json(curated_journal_key(), journal)
-
-    def fenced_copy(source: str, dest: str) -> None:
-        fence()
-        store.copy(source, dest)
-
-    # Spark writes a file per task and date: copy them side by side (boto3 clients are
-    # thread-safe); the commit waits for every copy, and any failure leaves it uncommitted
-    with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
-        for done in [pool.submit(fenced_copy, source, dest) for source, dest in copies]:
-            done.result()
-    fence()
-    store.put_json(curated_journal_key(), journal | {"state": "committed"})
-    _record_commit(store, batch_id)
-    fence()
-    store.delete(stale)
-    store.delete([o.key for o in store.list(generation)])
-    store.delete([curated_journal_key()])
-
-
-def recover_curated(store: Store) -> str | None:
-    """Finish or undo a curated replacement a previous run left half done (see the module
-    docstring); returns "rolled back", "rolled forward" or None when there was nothing to do."""
-    journal = store.get_json_or_none(curated_journal_key())
-    if journal is None:
-        return None
-    if journal.get("generation"):  # direct I/O: the copies' sources are not data either way
-        store.delete([o.key for o in store.list(journal["generation"])])
-    if journal.get("state") == "committed":
-        store.delete(journal["stale"])
-        outcome = "rolled forward"
-    else:
-        store.delete(journal["new"])
-        outcome = "rolled back"
-    store.delete([curated_journal_key()])
-    log.warning(
-        "curated store %s after an interrupted run of batch %s",
-        outcome,
-        journal.get("batch_id"),
-        extra={
-            "event": "curated_recovered",
-            "outcome": outcome,
-            "of_batch": journal.get("batch_id"),
-        },
-    )
-    return outcome
-
-
-def _files(local_dir: Path, prefix: str) -> list[tuple[Path, str]]:
-    """The data files below local_dir and their keys under prefix (Spark's _SUCCESS and .crc
-    side files are not data)."""
-    files = []
-    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-        relative = path.relative_to(local_dir).as_posix()
-        if is_side_file(relative):
-            continue
-        files.append((path, prefix + relative))
-    return files

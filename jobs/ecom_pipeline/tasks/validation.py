@@ -15,21 +15,19 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StructType, TimestampType
+from pyspark.sql.types import LongType
 
+from ecom_pipeline.adapters.curated_store import download_curated, read_curated, read_curated_at
 from ecom_pipeline.adapters.quality import RuleFailure, run_suite
-from ecom_pipeline.adapters.storage import Store, data_keys, open_store
+from ecom_pipeline.adapters.storage import Store, open_store
 from ecom_pipeline.core import logs
-from ecom_pipeline.core.contract import DATASETS, VERSION_COLUMN, Dataset, dataset_of_file
+from ecom_pipeline.core.contract import DATASETS, Dataset, dataset_of_file
 from ecom_pipeline.core.layout import (
-    curated_commit_key,
-    curated_journal_key,
-    curated_prefix,
     data_docs_prefix,
     incoming_prefix,
     result_key,
@@ -49,7 +47,6 @@ from ecom_pipeline.transforms.ingest import (
     parquet_options,
     read_raw,
     to_checkable,
-    typed_schema,
     unreadable_reasons,
 )
 
@@ -222,82 +219,6 @@ def _header_problem(
 
 def read_checkable(spark: SparkSession, dataset: Dataset, files: list[DataFile]) -> DataFrame:
     return to_checkable(read_raw(spark, files), dataset)
-
-
-def curated_schema(dataset: Dataset) -> StructType:
-    """The schema of a dataset's rows in the curated store: orders and items carry the
-    ``order_date`` they are partitioned by, products are not partitioned; every row carries
-    its version (contract.VERSION_COLUMN)."""
-    schema = typed_schema(dataset, with_order_date=dataset.name != "products")
-    return schema.add(VERSION_COLUMN, TimestampType(), nullable=True)
-
-
-def read_curated(spark: SparkSession, local_dir: Path, dataset: Dataset) -> DataFrame:
-    """The curated store of a dataset staged to local_dir (empty frame if nothing yet)."""
-    schema = curated_schema(dataset)
-    if not any(local_dir.rglob("*.parquet")):
-        return spark.createDataFrame([], schema)
-    return spark.read.schema(schema).parquet(str(local_dir))
-
-
-class CuratedBusyError(RuntimeError):
-    """The curated store kept changing while it was listed: safe to retry (exit 4)."""
-
-
-SNAPSHOT_ATTEMPTS = 5
-
-
-def curated_snapshot(store: Store, dataset: Dataset) -> list[str]:
-    """The keys of a dataset's committed curated rows, for a reader that holds no lock (the
-    validation's reference checks): what the store lists, less what an unfinished replacement
-    adds (its journal uncommitted: the new files) or is about to remove (committed: the replaced
-    ones). The journal and the last commit are read before and after the listing, and it is
-    listed again when either changed, so one listing never mixes two versions of a partition."""
-    prefix = curated_prefix(dataset.name)
-
-    def marks() -> tuple[object, object]:
-        return store.get_json_or_none(curated_journal_key()), store.get_json_or_none(
-            curated_commit_key()
-        )
-
-    for _ in range(SNAPSHOT_ATTEMPTS):
-        before = marks()
-        keys = [key for key in data_keys(store, prefix) if key.endswith(".parquet")]
-        if marks() == before:
-            break
-    else:
-        raise CuratedBusyError(
-            f"{prefix} changed during each of {SNAPSHOT_ATTEMPTS} listings; try again"
-        )
-    journal = before[0]
-    if isinstance(journal, dict):
-        hidden = journal.get("stale" if journal.get("state") == "committed" else "new", [])
-        keys = [key for key in keys if key not in set(hidden)]
-    return keys
-
-
-def read_curated_at(spark: SparkSession, store: Store, dataset: Dataset) -> DataFrame:
-    """The committed curated rows of a dataset read in place at the store's URIs (direct I/O;
-    empty frame if nothing yet); see :func:`curated_snapshot`."""
-    schema = curated_schema(dataset)
-    keys = curated_snapshot(store, dataset)
-    if not keys:
-        return spark.createDataFrame([], schema)
-    base = store.uri(curated_prefix(dataset.name))
-    return (
-        spark.read.schema(schema)
-        .option("basePath", base)  # keeps order_date from the partition folders
-        .parquet(*[store.uri(key) for key in keys])
-    )
-
-
-def download_curated(store: Store, dataset: Dataset, root: Path) -> Path:
-    """The committed curated rows of a dataset downloaded below ``root`` (staged I/O), laid out
-    as in the store; returns the dataset's folder there. See :func:`curated_snapshot`."""
-    store.download(curated_snapshot(store, dataset), root)
-    folder = root / PurePosixPath(curated_prefix(dataset.name))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 class BatchFiles:
