@@ -226,14 +226,22 @@ def test_lambda_role_is_least_privilege(template):
     assert sorted(
         a for s in role_statements(template, "TriggerRole") for a in as_list(s["Action"])
     ) == [
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
         "logs:CreateLogStream",
         "logs:PutLogEvents",
         "s3:GetObject",
         "s3:ListBucket",
         "sns:Publish",
+        "sqs:SendMessage",
         "states:DescribeExecution",
         "states:StartExecution",
     ]
+    # the failed-event queue and the topic's key, nothing else of either service
+    (send,) = statements_with_action(template, "TriggerRole", "sqs:SendMessage")
+    assert send["Resource"] == {"Fn::GetAtt": ["IntakeFailureQueue", "Arn"]}
+    (key,) = statements_with_action(template, "TriggerRole", "kms:GenerateDataKey")
+    assert key["Resource"] == {"Fn::GetAtt": ["MessagesKey", "Arn"]}
     # refusals (a batch above MAX_BATCH_BYTES) are announced on the pipeline's topic only
     (notify,) = statements_with_action(template, "TriggerRole", "sns:Publish")
     assert ref_target(notify["Resource"]) == the_one(template, "AWS::SNS::Topic")[0]
@@ -730,7 +738,7 @@ def test_task_role_and_reader_policy_may_query_the_indexes(template):
 
 def test_topic_is_encrypted_and_the_email_subscription_is_optional(template):
     name, topic = the_one(template, "AWS::SNS::Topic")
-    assert topic["Properties"]["KmsMasterKeyId"] == "alias/aws/sns"
+    assert topic["Properties"]["KmsMasterKeyId"] == {"Fn::GetAtt": ["MessagesKey", "Arn"]}
     _, subscription = the_one(template, "AWS::SNS::Subscription")
     assert ref_target(subscription["Properties"]["TopicArn"]) == name
     condition = template["Conditions"][subscription["Condition"]]
@@ -750,6 +758,85 @@ def test_outputs_name_the_bucket_state_machine_tables_and_topic(template):
         *resources_of(template, "AWS::DynamoDB::Table"),
     }
     assert expected <= targets
+
+
+# --- Nothing lost at intake ---------------------------------------------------------------------
+
+
+def test_a_trigger_event_that_keeps_failing_lands_in_an_encrypted_queue_for_14_days(template):
+    _, config = the_one(template, "AWS::Lambda::EventInvokeConfig")
+    properties = config["Properties"]
+    assert ref_target(properties["FunctionName"]) == the_one(template, "AWS::Lambda::Function")[0]
+    assert properties["Qualifier"] == "$LATEST"  # the version S3 invokes
+    assert properties["MaximumRetryAttempts"] == 2
+    destination = properties["DestinationConfig"]["OnFailure"]["Destination"]
+    queue_name, queue = the_one(template, "AWS::SQS::Queue")
+    assert destination == {"Fn::GetAtt": [queue_name, "Arn"]}
+    assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert queue["Properties"]["KmsMasterKeyId"] == {"Fn::GetAtt": ["MessagesKey", "Arn"]}
+    # the function's role sends to it (Lambda uses that role for destinations), with the key
+    (send,) = statements_with_action(template, "TriggerRole", "sqs:SendMessage")
+    assert send["Resource"] == destination
+    (key,) = statements_with_action(template, "TriggerRole", "kms:GenerateDataKey")
+    assert set(key["Action"]) == {"kms:GenerateDataKey", "kms:Decrypt"}
+    # and destroy.sh finds it by this output
+    assert ref_target(template["Outputs"]["IntakeFailureQueueUrl"]["Value"]) == queue_name
+
+
+def test_failed_events_and_lambda_errors_raise_an_alarm_on_the_notices_topic(template):
+    alarms = resources_of(template, "AWS::CloudWatch::Alarm")
+    topic = the_one(template, "AWS::SNS::Topic")[0]
+    watched = {}
+    for name, alarm in alarms.items():
+        properties = alarm["Properties"]
+        assert [ref_target(a) for a in properties["AlarmActions"]] == [topic], name
+        # any one failed event or error is worth a notice; no data is no alarm
+        assert properties["ComparisonOperator"] == "GreaterThanThreshold"
+        assert properties["Threshold"] == 0
+        assert properties["TreatMissingData"] == "notBreaching"
+        (dimension,) = properties["Dimensions"]
+        watched[(properties["Namespace"], properties["MetricName"])] = dimension["Value"]
+    queue = the_one(template, "AWS::SQS::Queue")[0]
+    function = the_one(template, "AWS::Lambda::Function")[0]
+    assert watched == {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"): {"Fn::GetAtt": [queue, "QueueName"]},
+        ("AWS/Lambda", "Errors"): {"Ref": function},
+    }
+
+
+def test_cloudwatch_may_use_the_topics_key_for_this_stacks_alarms_only(template):
+    """CloudWatch cannot publish to a topic encrypted with the AWS managed key: the topic's key
+    is the stack's own, whose policy lets cloudwatch.amazonaws.com use it for this stack's
+    alarms; the publishers get it through their roles."""
+    key = template["Resources"]["MessagesKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    statements = {s["Sid"]: s for s in key["KeyPolicy"]["Statement"]}
+    assert set(statements) == {
+        "AccountAdministersAndGrantsThroughIam",
+        "CloudWatchAlarmsPublishNotices",
+    }
+    account = statements["AccountAdministersAndGrantsThroughIam"]
+    assert account["Principal"] == {
+        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
+    }
+    alarms = statements["CloudWatchAlarmsPublishNotices"]
+    assert alarms["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert sorted(alarms["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    assert alarms["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    pattern = evaluate(template, alarms["Condition"]["ArnLike"]["aws:SourceArn"])
+    # this stack's alarms, not every alarm of the account
+    assert pattern == "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:ecom-kpi-*"
+    for name, alarm in resources_of(template, "AWS::CloudWatch::Alarm").items():
+        arn = "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:" + evaluate(
+            template, alarm["Properties"]["AlarmName"]
+        )
+        assert re.fullmatch(pattern.replace("*", ".*"), arn), name
+    # every role that publishes to the topic may use its key
+    for role in ("TriggerRole", "StateMachineRole"):
+        assert statements_with_action(template, role, "sns:Publish"), role
+        (use,) = statements_with_action(template, role, "kms:GenerateDataKey")
+        assert use["Resource"] == {"Fn::GetAtt": ["MessagesKey", "Arn"]}, role
+        assert set(use["Action"]) == {"kms:GenerateDataKey", "kms:Decrypt"}, role
 
 
 # --- The Lambda zip ------------------------------------------------------------------------------
