@@ -287,7 +287,7 @@ def test_state_machine_role_covers_ecs_sync_and_nothing_broader(template):
         "JobExecutionRole",
     }
     assert ecs_pass["Condition"]["StringEquals"]["iam:PassedToService"] == "ecs-tasks.amazonaws.com"
-    assert emr_pass["Resource"] == {"Fn::GetAtt": ["EmrJobRole", "Arn"]}
+    assert {r["Fn::GetAtt"][0] for r in emr_pass["Resource"]} == {"EmrJobRole", "EmrKpiRole"}
     assert emr_pass["Condition"] == {
         "StringEquals": {"iam:PassedToService": "emr-serverless.amazonaws.com"}
     }
@@ -721,7 +721,7 @@ def test_task_role_and_reader_policy_may_query_the_indexes(template):
         s for s in role_statements(template, "KpiTaskRole") if s["Action"] == "dynamodb:Query"
     ]
     assert _index_arns(job) == indexes
-    _, reader = the_one(template, "AWS::IAM::ManagedPolicy")
+    reader = template["Resources"]["KpiReaderPolicy"]
     statements = reader["Properties"]["PolicyDocument"]["Statement"]
     actions = sorted(a for s in statements for a in as_list(s["Action"]))
     assert actions == ["dynamodb:Query", "s3:GetObject"]  # read only, and no Scan
@@ -915,16 +915,30 @@ def test_state_machine_may_start_watch_and_cancel_job_runs_of_its_application_on
     assert watch["Resource"] == {"Fn::Sub": "${EmrApplication.Arn}/jobruns/*"}
 
 
-def test_emr_job_role_has_the_task_roles_data_access_plus_artifacts_and_logs(template):
-    def by_sid(role):
-        return {s["Sid"]: s for s in role_statements(template, role)}
+def _by_sid(template, role):
+    return {s["Sid"]: s for s in role_statements(template, role)}
 
-    # the EMR route runs the same validation and KPI jobs (move-batch stays on ECS)
-    data_access = by_sid("JobTaskRole") | by_sid("KpiTaskRole")
-    job = by_sid("EmrJobRole")
-    assert {sid: job.get(sid) for sid in data_access} == data_access
-    extra = {sid: s for sid, s in job.items() if sid not in data_access}
-    actions = sorted(a for s in extra.values() for a in as_list(s["Action"]))
+
+@pytest.mark.parametrize(
+    ("emr_role", "ecs_role"), [("EmrJobRole", "JobTaskRole"), ("EmrKpiRole", "KpiTaskRole")]
+)
+def test_each_emr_job_role_has_its_ecs_roles_data_access_and_nothing_of_the_other(
+    template, emr_role, ecs_role
+):
+    """The EMR route runs the same validation and KPI jobs as ECS, each under the role of the
+    same job there (move-batch stays on ECS): a validation run cannot write the KPI tables."""
+    assert _by_sid(template, emr_role) == _by_sid(template, ecs_role)
+    properties = template["Resources"][emr_role]["Properties"]
+    assert properties["ManagedPolicyArns"] == [{"Ref": "EmrJobRunPolicy"}]
+    (trust,) = properties["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "emr-serverless.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+
+
+def test_emr_job_runs_share_only_reading_their_artifacts_and_writing_their_logs(template):
+    policy = template["Resources"]["EmrJobRunPolicy"]["Properties"]["PolicyDocument"]
+    statements = policy["Statement"]
+    actions = sorted(a for s in statements for a in as_list(s["Action"]))
     assert actions == [
         "logs:CreateLogStream",
         "logs:DescribeLogGroups",
@@ -933,14 +947,35 @@ def test_emr_job_role_has_the_task_roles_data_access_plus_artifacts_and_logs(tem
         "s3:GetObject",
         "s3:PutObject",
     ]
-    (artifacts,) = [s for s in extra.values() if s["Action"] == "s3:GetObject"]
+    (artifacts,) = [s for s in statements if s["Action"] == "s3:GetObject"]
     assert artifacts["Resource"]["Fn::Sub"].endswith(
         "${ArtifactBucketName}/${AWS::StackName}/emr/*"
     )
-    (trust,) = template["Resources"]["EmrJobRole"]["Properties"]["AssumeRolePolicyDocument"][
-        "Statement"
-    ]
-    assert trust["Principal"] == {"Service": "emr-serverless.amazonaws.com"}
+    attached = {
+        name
+        for name, resource in template["Resources"].items()
+        if {"Ref": "EmrJobRunPolicy"} in resource["Properties"].get("ManagedPolicyArns", [])
+    }
+    assert attached == {"EmrJobRole", "EmrKpiRole"}
+
+
+def test_the_state_machine_passes_each_emr_run_its_jobs_role(template):
+    states = asl.build_definition()["States"]
+    runs = {}
+    for name, state in states.items():
+        for branch in state.get("Branches", []):
+            states_in_branch = branch["States"]
+            runs |= {n: s for n, s in states_in_branch.items() if n.endswith("OnEmr")}
+        if name.endswith("OnEmr"):
+            runs[name] = state
+    roles = {name: state["Parameters"]["ExecutionRoleArn"] for name, state in runs.items()}
+    assert roles.pop("ComputeKpisOnEmr") == "${EmrKpiRoleArn}"
+    assert len(roles) == len(contract.DATASET_ORDER)
+    assert set(roles.values()) == {"${EmrJobRoleArn}"}
+    _, machine = the_one(template, "AWS::StepFunctions::StateMachine")
+    substitutions = machine["Properties"]["DefinitionSubstitutions"]
+    assert substitutions["EmrJobRoleArn"] == {"Fn::GetAtt": ["EmrJobRole", "Arn"]}
+    assert substitutions["EmrKpiRoleArn"] == {"Fn::GetAtt": ["EmrKpiRole", "Arn"]}
 
 
 def test_emr_application_holds_three_validations_of_the_largest_emr_tier(template):
@@ -966,9 +1001,8 @@ def test_emr_job_runs_log_where_the_job_role_may_write(template):
     ]
     assert ref_target(substitutions["EmrLogGroup"]) == "EmrLogGroup"
     assert substitutions["EmrLogUri"]["Fn::Sub"] == "s3://${DataBucket}/emr-logs/"
-    (writes,) = [
-        s for s in role_statements(template, "EmrJobRole") if s["Sid"] == "WriteJobRunLogsToS3"
-    ]
+    policy = template["Resources"]["EmrJobRunPolicy"]["Properties"]["PolicyDocument"]
+    (writes,) = [s for s in policy["Statement"] if s["Sid"] == "WriteJobRunLogsToS3"]
     assert writes["Resource"]["Fn::Sub"] == "${DataBucket.Arn}/emr-logs/*"
     assert ref_target(substitutions["CategoryTable"]) == "CategoryKpiTable"
     assert ref_target(substitutions["OrderTable"]) == "OrderKpiTable"
