@@ -543,7 +543,8 @@ def test_task_definition_runs_the_pipeline_container_with_the_jobs_environment(t
     container = job_container(template)
     assert container["Name"] == asl.CONTAINER_NAME
     assert ref_target(container["Image"]) == "ImageUri"
-    assert container["ReadonlyRootFilesystem"] is False
+    # read-only: the image's volumes are the only writable paths (tests/e2e/test_container.py)
+    assert container["ReadonlyRootFilesystem"] is True
     env = container_env(template)
     # the image sets PIPELINE_WORK_DIR (docker/Dockerfile); the ECS tasks stage through it, so
     # no PIPELINE_DATA_ROOT (direct I/O is the EMR job runs'); everything else comes from here
