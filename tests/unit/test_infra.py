@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -192,6 +193,60 @@ def test_cfn_lint_passes():
         [str(CFN_LINT), str(TEMPLATE)], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- checkov -------------------------------------------------------------------------------------
+
+# checkov pins an older boto3 than the project's, so `make install` gives it a venv of its own
+# inside the project's (Makefile, CHECKOV); CHECKOV=/path/to/checkov overrides.
+CHECKOV = Path(os.environ.get("CHECKOV", Path(sys.executable).parents[1] / "checkov/bin/checkov"))
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+_SKIP = re.compile(r"#\s*checkov:skip=(CKV[A-Z0-9_]*_\d+):(.*)$")
+
+
+def _skips(path: Path) -> list[tuple[str, str]]:
+    return [
+        (m.group(1), m.group(2).strip())
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if (m := _SKIP.search(line))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "framework"),
+    [(TEMPLATE, "cloudformation"), (DOCKERFILE, "dockerfile")],
+    ids=["template", "dockerfile"],
+)
+def test_checkov_finds_nothing_and_every_skip_says_why(path, framework):
+    assert CHECKOV.is_file(), f"checkov is missing: make install (it goes to {CHECKOV})"
+    result = subprocess.run(
+        # --skip-download: offline, no policy download from the vendor's platform
+        [
+            str(CHECKOV),
+            "--quiet",
+            "--compact",
+            "--skip-download",
+            "--framework",
+            framework,
+            "-f",
+            str(path),
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(result.stdout)
+    failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
+    assert failed == [], "\n".join(failed)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # every check it skipped is one of the inline comments next to its resource, each with
+    # its reason; nothing is skipped on the command line or globally
+    skips = _skips(path)
+    assert report["summary"]["skipped"] == len(skips) > 0
+    for check, reason in skips:
+        assert len(reason.split()) >= 8, f"{check}: say why it does not apply ({reason!r})"
 
 
 # --- IAM -----------------------------------------------------------------------------------------
