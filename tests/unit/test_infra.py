@@ -895,6 +895,47 @@ def test_cloudwatch_may_use_the_topics_key_for_this_stacks_alarms_only(template)
         assert set(use["Action"]) == {"kms:GenerateDataKey", "kms:Decrypt"}, role
 
 
+def _dummies(node: Any) -> Any:
+    """CloudFormation properties as an API request: every intrinsic function a dummy string."""
+    if isinstance(node, dict):
+        if len(node) == 1 and (next(iter(node)) == "Ref" or next(iter(node)).startswith("Fn::")):
+            return "dummy"
+        return {k: _dummies(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_dummies(v) for v in node]
+    return node
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "service", "operation"),
+    [
+        ("AWS::CloudWatch::Alarm", "cloudwatch", "PutMetricAlarm"),
+        ("AWS::Lambda::EventInvokeConfig", "lambda", "PutFunctionEventInvokeConfig"),
+        ("AWS::EC2::VPCEndpoint", "ec2", "CreateVpcEndpoint"),
+    ],
+)
+def test_new_resources_are_valid_api_requests(template, resource_type, service, operation):
+    """The alarms, the invoke config and the endpoints, checked offline against the API's own
+    input shapes (their CloudFormation properties have the API's names)."""
+    shape = (
+        botocore.session.get_session()
+        .get_service_model(service)
+        .operation_model(operation)
+        .input_shape
+    )
+    found = resources_of(template, resource_type)
+    assert found
+    for name, resource in found.items():
+        request = _dummies(resource["Properties"])
+        if resource_type == "AWS::EC2::VPCEndpoint" and request["VpcEndpointType"] == "Gateway":
+            request["RouteTableIds"] = ["rtb-a"]  # a CommaDelimitedList parameter: a list
+        report = ParamValidator().validate(request, shape)
+        assert not report.has_errors(), (name, report.generate_report())
+    # and the validator would see a misspelt property
+    broken = _dummies(next(iter(found.values()))["Properties"]) | {"Misspelt": 1}
+    assert ParamValidator().validate(broken, shape).has_errors()
+
+
 # --- The Lambda zip ------------------------------------------------------------------------------
 
 _IMPORT_CHECK = """
