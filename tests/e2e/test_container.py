@@ -214,37 +214,81 @@ def test_dependency_list_is_setup_cfg_install_requires(dockerfile):
         check=True,
     )
     names = {Requirement(line).name for line in result.stdout.splitlines() if line.strip()}
-    assert {"pyspark", "great-expectations", "boto3", "pandas", "moto"} <= names
+    # what a job needs, and nothing of the tests or the emulator
+    assert names == {"pyspark", "great-expectations", "boto3", "pandas"}
 
 
-def test_s3a_jars_match_the_hadoop_of_the_installed_pyspark(dockerfile, tmp_path):
-    every = stages(dockerfile)
-    jars = every["jars"]
-    version = arg_defaults(jars)["HADOOP_VERSION"]
-    assert arg_defaults(final_stage(dockerfile))["HADOOP_VERSION"] == version
+def test_moto_is_an_extra_that_the_dev_install_has_too():
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    extras = setup["options.extras_require"]
+
+    def pins(extra: str) -> dict[str, str]:
+        lines = [line for line in extras[extra].strip().splitlines() if line.strip()]
+        return {Requirement(line).name: line.strip() for line in lines}
+
+    # run-local and demo need it (ecom_pipeline.local); make install's `.[dev,bench]` has it
+    assert pins("local")["moto"] == pins("dev")["moto"]
+    assert "server" in Requirement(pins("local")["moto"]).extras
+    assert "moto" not in {
+        Requirement(line).name
+        for line in setup["options"]["install_requires"].strip().splitlines()
+        if line.strip()
+    }
+
+
+def test_the_image_has_no_s3a_jars_and_fetches_nothing_at_build_time(dockerfile):
+    """The ECS tasks stage S3 objects with boto3 and Spark reads local files; only EMR reads
+    s3:// itself, through its own EMRFS. So no hadoop-aws or AWS SDK jars: the image is the
+    builder stage's wheel on the runtime stage's Python and Java, nothing downloaded besides
+    Debian and PyPI packages."""
+    assert list(stages(dockerfile)) == ["", "builder", "runtime"]
+    text = " ".join(f"{i} {rest}" for i, rest in instructions(dockerfile)).lower()
+    for gone in ("hadoop-aws", "awssdk", "maven", "curl", "--from=jars", ".jar"):
+        assert gone not in text, gone
     import pyspark
 
-    bundled = sorted((Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
-    assert [p.name for p in bundled] == [f"hadoop-client-api-{version}.jar"]
-    (download,) = [r for r in runs(jars) if "hadoop-aws" in r]
-    assert "sha1sum --check" in download
-    assert "sha256sum --check" in download
-    assert "bundle/${AWS_SDK_BUNDLE_VERSION}" in download
-    # the jars land in pyspark's jars folder of the image's Python
-    (copy,) = [rest for instruction, rest in final_stage(dockerfile) if "--from=jars" in rest]
-    assert copy.split()[-1] == "/opt/venv/lib/python3.11/site-packages/pyspark/jars/"
-    # and the build fails when they do not sit beside the same Hadoop version
-    (check,) = [r for r in runs(final_stage(dockerfile)) if "hadoop-client-api" in r]
-    code, args = python_snippet(check)
-    assert args == ["$HADOOP_VERSION"]
-    fake = tmp_path / "pyspark"
-    (fake / "jars").mkdir(parents=True)
-    (fake / "__init__.py").write_text("")
-    (fake / "jars" / f"hadoop-client-api-{version}.jar").write_text("")
-    probe = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); {code}"]
-    assert subprocess.run([*probe, version], capture_output=True).returncode != 0
-    (fake / "jars" / f"hadoop-aws-{version}.jar").write_text("")
-    assert subprocess.run([*probe, version], capture_output=True).returncode == 0
+    # and pyspark's own jars have no S3 filesystem to fall back on: the tasks cannot be
+    # configured into s3a:// by accident
+    jars = {p.name for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
+    assert not [name for name in jars if name.startswith(("hadoop-aws", "bundle-"))]
+
+
+def _volumes(stage: list[tuple[str, str]]) -> list[str]:
+    (volume,) = [rest for instruction, rest in stage if instruction == "VOLUME"]
+    return json.loads(volume)
+
+
+def test_the_read_only_root_filesystem_leaves_the_task_volumes_writable(dockerfile):
+    """On ECS the container's root filesystem is read-only; the task's volumes are mounted at
+    the image's VOLUME paths (so ECS gives them the image's owner and mode) and hold every path
+    the jobs write: the work dir and /tmp (Spark's local dirs, the JVM's temporary files)."""
+    stage = final_stage(dockerfile)
+    volumes = _volumes(stage)
+    assert volumes == ["/app/work", "/tmp"]
+    template = json.loads(json.dumps(cfn_yaml.load(str(TEMPLATE))))
+    (definition,) = [
+        r for r in template["Resources"].values() if r["Type"] == "AWS::ECS::TaskDefinition"
+    ]
+    (container,) = definition["Properties"]["ContainerDefinitions"]
+    assert container["ReadonlyRootFilesystem"] is True
+    mounts = {m["ContainerPath"]: m for m in container["MountPoints"]}
+    assert list(mounts) == volumes
+    assert all(m["ReadOnly"] is False for m in mounts.values())
+    declared = {v["Name"] for v in definition["Properties"]["Volumes"]}
+    assert {m["SourceVolume"] for m in mounts.values()} == declared
+    # bind mounts on the task's ephemeral storage: no host path, no EFS, no Docker volume
+    assert all(set(v) == {"Name"} for v in definition["Properties"]["Volumes"])
+    work_dir = env_of(stage)[ENVIRONMENT["work_dir"]]
+    assert work_dir in volumes
+    # the non-root user owns the work dir; /tmp is writable by all with the sticky bit
+    (setup,) = [r for r in runs(stage) if "useradd" in r]
+    assert "chown -R pipeline:pipeline /app" in setup
+    assert "chmod 1777 /tmp" in setup
+    # the VOLUME comes after the folders exist with their owner, so ECS copies those
+    positions = [i for i, (instruction, rest) in enumerate(stage) if rest in (setup,)]
+    volume_at = [i for i, (instruction, _) in enumerate(stage) if instruction == "VOLUME"]
+    assert positions[0] < volume_at[0]
 
 
 def _ignored(relative: str, patterns: list[str]) -> bool:
@@ -417,6 +461,17 @@ def _task_environment(
 def test_the_state_machines_validate_command_runs_as_the_container_would(dockerfile, tmp_path):
     override = _container_override("ValidateOrders")
     image_env = env_of(final_stage(dockerfile))
+    # The image has no moto (a dev/local extra): any import of it fails in the job's processes.
+    no_moto = tmp_path / "image-site"
+    (no_moto / "moto").mkdir(parents=True)
+    (no_moto / "moto" / "__init__.py").write_text(
+        "raise ImportError('moto is not installed in the job image')\n"
+    )
+    # The root filesystem is read-only on ECS: the job may write only to its volumes (the work
+    # dir and /tmp). Its home and working directory here start empty and must stay so.
+    home, cwd = tmp_path / "home", tmp_path / "app"
+    home.mkdir()
+    cwd.mkdir()
     with LocalAws() as aws:
         for batch, text in (("good-batch", ORDERS), ("bad-batch", BAD_ORDERS)):
             aws.client("s3").put_object(
@@ -432,13 +487,14 @@ def test_the_state_machines_validate_command_runs_as_the_container_would(dockerf
             command = _states_array(override["Command.$"], plan, {})
             assert command == ["validate", "--batch-id", batch, "--dataset", "orders"]
             env = _task_environment(aws, plan, override, tmp_path / batch, image_env)
+            env |= {"HOME": str(home), "PYTHONPATH": str(no_moto)}
             assert env["SPARK_DRIVER_MEMORY"] == tiers.TIERS[0].driver_memory
             assert env["SPARK_MASTER"] == tiers.TIERS[0].as_input()["spark_master"]
             # ENTRYPOINT ["ecom-pipeline"] + the overridden command
             result = subprocess.run(
                 [sys.executable, "-m", "ecom_pipeline.cli", *command],
                 env=env,
-                cwd=tmp_path,
+                cwd=cwd,
                 capture_output=True,
                 text=True,
                 timeout=600,
@@ -454,3 +510,5 @@ def test_the_state_machines_validate_command_runs_as_the_container_would(dockerf
         # the task's run is its execution (named after the batch here, as a first run is)
         assert aws.store.list(staging_prefix("good-batch", "good-batch", "orders"))
         assert not aws.store.list(staging_prefix("bad-batch", "bad-batch", "orders"))
+    assert sorted(home.rglob("*")) == []
+    assert sorted(cwd.rglob("*")) == []

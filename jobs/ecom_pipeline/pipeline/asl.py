@@ -37,6 +37,7 @@ PLACEHOLDERS: tuple[str, ...] = (
     # the EMR Serverless route (batches above the largest Fargate tier)
     "EmrApplicationId",
     "EmrJobRoleArn",
+    "EmrKpiRoleArn",
     "EmrArtifactsUri",
     "EmrLogUri",
     "EmrLogGroup",
@@ -47,7 +48,9 @@ PLACEHOLDERS: tuple[str, ...] = (
     "KpiTaskRoleArn",
     "CustodyTaskRoleArn",
 )
-# What the EMR job runs get for each deployment-fixed field of their request.
+# What the EMR job runs get for each deployment-fixed field of their request. The execution
+# role is the validation runs' (EmrJobRole, like the task definition's role on ECS); the KPI
+# run gets its own (EMR_KPI_ROLE), so each job has only its own data access.
 EMR_PLACEHOLDERS = {
     "application_id": "${EmrApplicationId}",
     "execution_role_arn": "${EmrJobRoleArn}",
@@ -60,6 +63,7 @@ EMR_PLACEHOLDERS = {
     "topic_arn": "${NotificationTopicArn}",
     "region": "${Region}",
 }
+EMR_KPI_ROLE = "${EmrKpiRoleArn}"
 # move-batch's role: it alone may delete from incoming/ (after verifying each copy)
 CUSTODY_TASK_ROLE = "${CustodyTaskRoleArn}"
 # The job container's name in the task definition (infra/template.yaml uses the same).
@@ -304,7 +308,8 @@ def _emr_job_run(job: str, arguments: str, name: str) -> dict[str, Any]:
         "TimeoutSeconds": emr.EXECUTION_TIMEOUT_MINUTES[job] * 60 + EMR_START_SLACK_S,
         "Parameters": emr.states_parameters(
             job=job,
-            placeholders=EMR_PLACEHOLDERS,
+            placeholders=EMR_PLACEHOLDERS
+            | ({"execution_role_arn": EMR_KPI_ROLE} if job == "compute-kpis" else {}),
             arguments_path=arguments,
             spark_parameters_path="$.tier.spark_submit_parameters",
             name_path=name,
