@@ -5,30 +5,18 @@ Categories: padded names are one KPI key; one too long for a DynamoDB key is a r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from ecom_pipeline.adapters.storage import FileStore
+from ecom_pipeline.adapters.storage import FileStore, Store
 from ecom_pipeline.cli import main
 from ecom_pipeline.core.contract import CATEGORY_TABLE, ORDER_TABLE, ExitCode
 from ecom_pipeline.core.layout import incoming_prefix, result_key
 from ecom_pipeline.core.planning import BatchIdError, plan_execution
 from ecom_pipeline.local.emulator import LocalAws
+from small_batch import ITEMS, ORDERS, PRODUCTS, job_flags, put_files
 
-PRODUCTS = """\
-id,sku,cost,category,name,brand,retail_price,department
-5,abc-12345678,1.00,Books,Novel,Acme,9.99,Media
-"""
-ORDERS = """\
-order_id,user_id,status,created_at,returned_at,shipped_at,delivered_at,num_of_item
-1,10,delivered,2025-03-01T10:00:00,,2025-03-02T10:00:00,2025-03-03T10:00:00,1
-2,11,returned,2025-03-01T11:00:00,2025-03-05T10:00:00,2025-03-02T10:00:00,2025-03-03T10:00:00,1
-"""
-ITEMS = """\
-id,order_id,user_id,product_id,status,created_at,shipped_at,delivered_at,returned_at,sale_price
-1,1,10,5,delivered,2025-03-01T10:00:00,,,,9.99
-2,2,11,5,returned,2025-03-01T11:00:00,,,,8.50
-"""
 FILES = {"products.csv": PRODUCTS, "orders/orders_part1.csv": ORDERS, "order_items.csv": ITEMS}
 AWKWARD = "b+1 é 日本"
 PATTERNS = ["b[1]", "b{1,2}", "b*", "b?", "b:1", "b^1"]
@@ -54,16 +42,19 @@ def _order_kpis(aws, day: str) -> dict:
     ]
 
 
-@pytest.mark.parametrize("mode", ["staged", "direct"])
-def test_a_plus_a_space_and_non_ascii_work_end_to_end(mode, spark, aws, tmp_path, capsys):
+def _store_and_flags(mode: str, aws, tmp_path: Path) -> tuple[Store, list[str]]:
+    """The store a job reads in ``mode`` (the bucket staged, or a directory in direct I/O) and
+    the flags that point the job's command at it."""
     flags = ["--endpoint-url", aws.endpoint_url, "--work-dir", str(tmp_path / "work")]
     if mode == "staged":
-        store = aws.store
-        flags += ["--bucket", aws.bucket]
-    else:
-        root = (tmp_path / "root").as_uri()
-        store = FileStore(root)
-        flags += ["--data-root", root]
+        return aws.store, [*flags, "--bucket", aws.bucket]
+    root = (tmp_path / "root").as_uri()
+    return FileStore(root), [*flags, "--data-root", root]
+
+
+@pytest.mark.parametrize("mode", ["staged", "direct"])
+def test_a_plus_a_space_and_non_ascii_work_end_to_end(mode, spark, aws, tmp_path, capsys):
+    store, flags = _store_and_flags(mode, aws, tmp_path)
     for name, text in FILES.items():
         store.put_bytes(f"{incoming_prefix(AWKWARD)}{name}", text.encode(), content_type="text/csv")
     report = _run_batch(AWKWARD, flags, capsys)
@@ -98,14 +89,7 @@ def test_planning_refuses_a_pattern_batch_id(batch_id):
 @pytest.mark.parametrize("mode", ["staged", "direct"])
 def test_a_rule_failure_names_the_file_of_an_awkward_batch(mode, spark, aws, tmp_path, capsys):
     batch_id = "b+2 é"
-    flags = ["--endpoint-url", aws.endpoint_url, "--work-dir", str(tmp_path / "work")]
-    if mode == "staged":
-        store = aws.store
-        flags += ["--bucket", aws.bucket]
-    else:
-        root = (tmp_path / "root").as_uri()
-        store = FileStore(root)
-        flags += ["--data-root", root]
+    store, flags = _store_and_flags(mode, aws, tmp_path)
     bad = ORDERS.replace("delivered,2025-03-01T10", "lost,2025-03-01T10")
     key = f"{incoming_prefix(batch_id)}orders/orders_part1.csv"
     store.put_bytes(key, bad.encode(), content_type="text/csv")
@@ -128,23 +112,13 @@ id,order_id,user_id,product_id,status,created_at,shipped_at,delivered_at,returne
 
 def test_padded_category_names_are_one_kpi_key(spark, aws, tmp_path, capsys):
     batch_id = "padded-categories"
-    for name, text in (
-        ("products.csv", PADDED_PRODUCTS),
-        ("orders.csv", ORDERS),
-        ("order_items.csv", PADDED_ITEMS),
-    ):
-        aws.store.put_bytes(
-            f"{incoming_prefix(batch_id)}{name}", text.encode(), content_type="text/csv"
-        )
-    flags = [
-        "--bucket",
-        aws.bucket,
-        "--endpoint-url",
-        aws.endpoint_url,
-        "--work-dir",
-        str(tmp_path),
-    ]
-    _run_batch(batch_id, flags, capsys)
+    files = {
+        "products.csv": PADDED_PRODUCTS,
+        "orders.csv": ORDERS,
+        "order_items.csv": PADDED_ITEMS,
+    }
+    put_files(aws.store, incoming_prefix(batch_id), files)
+    _run_batch(batch_id, job_flags(aws, tmp_path), capsys)
     items = aws.client("dynamodb").scan(TableName=CATEGORY_TABLE)["Items"]
     jeans = [i for i in items if i["category"]["S"].strip() == "Jeans"]
     assert [(i["category"]["S"], i["order_count"]["N"]) for i in jeans] == [("Jeans", "2")]
@@ -154,18 +128,10 @@ def test_a_category_too_long_for_a_key_is_a_rule_failure(spark, aws, tmp_path, c
     batch_id = "long-category"
     long_name = "é" * 1100  # 2200 bytes of UTF-8, 1100 characters
     text = PRODUCTS.replace(",Books,", f",{long_name},")
-    aws.store.put_bytes(
-        f"{incoming_prefix(batch_id)}products.csv", text.encode(), content_type="text/csv"
+    put_files(aws.store, incoming_prefix(batch_id), {"products.csv": text})
+    code = main(
+        ["validate", "--batch-id", batch_id, "--dataset", "products", *job_flags(aws, tmp_path)]
     )
-    flags = [
-        "--bucket",
-        aws.bucket,
-        "--endpoint-url",
-        aws.endpoint_url,
-        "--work-dir",
-        str(tmp_path),
-    ]
-    code = main(["validate", "--batch-id", batch_id, "--dataset", "products", *flags])
     assert code == ExitCode.DATA_REJECTED
     err = capsys.readouterr().err
     assert "rule 'category fits a key' failed on 1 of 1 rows" in err
