@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed-sample",
         type=Path,
-        default=ROOT.parent / "shared" / "data" / "seed-sample",
+        default=ROOT / "tests" / "data" / "seed-sample",
         help="the demo target's input (skipped when the folder does not exist)",
     )
     parser.add_argument("--no-demo", action="store_true", help="skip the demo measurement")
