@@ -4,6 +4,7 @@ batch's upload time, so its rows keep the version of their upload, not of the re
 from __future__ import annotations
 
 import json
+import time
 
 import boto3
 from moto import mock_aws
@@ -32,6 +33,11 @@ def test_a_replay_keeps_the_upload_time_of_its_batch():
             stateMachineArn=machine, name="b1", input=json.dumps({"received_at": uploaded})
         )
         sfn.stop_execution(executionArn=first["executionArn"])  # killed: a replay may run it
+        # (moto's interpreter, switched on by other tests in this process, ends it in a thread)
+        deadline = time.monotonic() + 10
+        while sfn.describe_execution(executionArn=first["executionArn"])["status"] == "RUNNING":
+            assert time.monotonic() < deadline, "b1 still running"
+            time.sleep(0.1)
         store = BucketStore(BUCKET, AwsSettings(region=REGION), s3=s3)
         result = replay_batch(sfn, store, machine, "b1")
         assert result.execution_name == "b1-replay-1"

@@ -391,7 +391,8 @@ def test_kpi_role_reaches_only_its_prefixes_tables_and_lock(template):
         layout.RESULTS,
         dashboard.DASHBOARD_PREFIX,
     }
-    assert _objects(template, role, "s3:DeleteObject") == {layout.CURATED}
+    # it replaces curated partitions, and deletes its own run's staged rows once applied
+    assert _objects(template, role, "s3:DeleteObject") == {layout.CURATED, layout.STAGING}
     (tables,) = statements_with_action(template, role, "dynamodb:BatchWriteItem")
     # dynamo.py writes and deletes with BatchWriteItem only; the dashboard reads with Query
     assert set(tables["Action"]) == {"dynamodb:BatchWriteItem", "dynamodb:Query"}
