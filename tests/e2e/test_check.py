@@ -1,0 +1,184 @@
+"""`ecom-pipeline check DIR`: the pipeline's validation on a local folder, with the same verdicts
+as the pipeline on the hostile-input corpus, and each bad row's line, value and text."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from ecom_pipeline.core.contract import DATASETS, dataset_of_file
+from ecom_pipeline.core.planning import INTAKE_RULE
+from ecom_pipeline.tasks.check import (
+    BAD_ROWS_HEADER,
+    FolderCheck,
+    check_folder,
+    dataset_lines,
+    refusal_lines,
+    write_bad_rows,
+)
+from ecom_pipeline.tasks.validation import check_dataset, curated_schema, known_references
+from ecom_pipeline.transforms.ingest import DataFile
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+# case -> the pipeline's verdict (stage, dataset, rule, count, example), null for a valid batch
+EXPECTED: dict[str, dict | None] = json.loads((CORPUS / "expected.json").read_text())
+
+
+def _pipeline_rules(spark, folder: Path, work: Path) -> dict[str, set[str]]:
+    """The rules the validation job (validation.check_dataset, what `ecom-pipeline validate`
+    runs) fails on each dataset of the folder as a first batch: no curated store."""
+    files: dict[str, list[DataFile]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if dataset_of_file(relative):
+            files.setdefault(dataset_of_file(relative), []).append(DataFile(path, relative))
+    rules = {}
+    for name, dataset_files in files.items():
+        dataset = DATASETS[name]
+        curated = {
+            fk.dataset: spark.createDataFrame([], curated_schema(DATASETS[fk.dataset]))
+            for fk in dataset.foreign_keys
+        }
+        outcome = check_dataset(
+            spark,
+            dataset,
+            dataset_files,
+            known_references=lambda d=dataset, c=curated: known_references(
+                spark, d, files, curated=c
+            ),
+            run_name=folder.name,
+            work=work / name,
+        )
+        rules[name] = {f.rule for f in outcome.failures}
+    return rules
+
+
+@pytest.fixture(scope="module")
+def corpus_checks(spark, tmp_path_factory) -> dict[str, tuple[FolderCheck, dict[str, set[str]]]]:
+    """Every corpus case through check and through the validation job's own function."""
+    results = {}
+    for case, want in sorted(EXPECTED.items()):
+        work = tmp_path_factory.mktemp(case)
+        checked = check_folder(lambda: spark, CORPUS / case, work=work / "check")
+        # intake refuses before validation runs: nothing of the job's to compare with
+        refused = want is not None and want["stage"] == "intake"
+        pipeline = {} if refused else _pipeline_rules(spark, CORPUS / case, work / "pipeline")
+        results[case] = (checked, pipeline)
+    return results
+
+
+@pytest.mark.parametrize("case", sorted(EXPECTED))
+def test_check_gives_the_pipelines_verdict(corpus_checks, case):
+    checked, pipeline = corpus_checks[case]
+    want = EXPECTED[case]
+    rules = {d.dataset: {f.rule for f in d.failures} for d in checked.datasets}
+    if want is None:  # accepted by the pipeline
+        assert checked.success, rules
+        assert checked.refusal is None
+        assert all(not broken for broken in pipeline.values())
+        assert rules == {name: set() for name in pipeline}
+        return
+    assert not checked.success
+    if want["stage"] == "intake":
+        assert checked.refusal is not None
+        assert checked.refusal.rule == want["rule"] == INTAKE_RULE
+        assert checked.refusal.files == ((CORPUS / case / want["example"]).as_posix(),)
+        text = "\n".join(refusal_lines(checked.refusal))
+        assert "files whose names fit no dataset" in text
+        return
+    assert checked.refusal is None
+    # the same rules broken, dataset by dataset, as the validation job's
+    assert rules == pipeline
+    assert want["rule"] in rules[want["dataset"]]
+    (dataset,) = [d for d in checked.datasets if d.dataset == want["dataset"]]
+    printed = "\n".join(dataset_lines(dataset))
+    assert f"rule '{want['rule']}' failed" in printed
+    assert want["example"].strip("'") in printed, printed
+    rows = [r for r in dataset.bad_rows if r.rule == want["rule"]]
+    if want["count"] is not None:  # a rule about rows: each bad row found on its line
+        assert len(rows) == want["count"]
+        assert all(r.line is not None and r.row for r in rows)
+        assert all(f"line {r.line}: " in printed for r in rows)
+
+
+# products.csv spread over two part files: a quoted value over two lines, a blank line, a row
+# with a field too many; each bad row must be named by the line it starts on in its own file.
+PART1 = """\
+id,sku,cost,category,name,brand,retail_price,department
+1,abc-12345678,1.00,Books,Novel,Acme,9.99,Media
+2,abd-12345678,-1.00,Books,Atlas,Acme,9.99,Media
+"""
+PART2 = """\
+id,sku,cost,category,name,brand,retail_price,department
+3,abe-12345678,1.00,Books,"Two
+lines",Acme,9.99,Media
+
+4,bad-sku,1.00,Books,Map,Acme,9.99,Media
+5,abf-12345678,1.00,Books,Pen,Acme,n/a,Media
+6,abg-12345678,1.00,Books,Ink,Acme,9.99,Media,surplus
+"""
+
+
+def test_bad_rows_are_named_by_file_line_and_value(spark, tmp_path):
+    folder = tmp_path / "batch"
+    (folder / "products").mkdir(parents=True)
+    (folder / "products" / "products_part1.csv").write_text(PART1, encoding="utf-8")
+    (folder / "products" / "products_part2.csv").write_text(PART2, encoding="utf-8")
+    checked = check_folder(lambda: spark, folder, work=tmp_path / "work")
+    assert not checked.success
+    part1 = (folder / "products" / "products_part1.csv").as_posix()
+    part2 = (folder / "products" / "products_part2.csv").as_posix()
+    found = {(r.file, r.line, r.rule, r.column, r.value) for r in checked.bad_rows}
+    assert found == {
+        (part1, 3, "cost not negative", "cost", "-1.00"),
+        (part2, 5, "sku pattern", "sku", "bad-sku"),
+        (part2, 6, "retail_price parses", "retail_price", "n/a"),
+        (part2, 7, "well-formed rows", "row", repr(PART2.splitlines()[-1])),
+    }
+    printed = dataset_lines(checked.datasets[0])
+    assert f"    {part2} line 5: sku=bad-sku" in printed
+    assert f"    {part1} line 3: cost=-1.00" in printed
+
+    bad_rows = tmp_path / "bad-rows.csv"
+    write_bad_rows(checked.bad_rows, bad_rows)
+    with bad_rows.open(newline="", encoding="utf-8") as handle:
+        written = list(csv.reader(handle))
+    assert tuple(written[0]) == BAD_ROWS_HEADER
+    assert written[1] == [
+        part1,
+        "3",
+        "products",
+        "cost not negative",
+        "cost",
+        "-1.00",
+        "2,abd-12345678,-1.00,Books,Atlas,Acme,9.99,Media",
+    ]
+    assert [row[1] for row in written[2:]] == ["5", "6", "7"]
+    assert written[2][6] == "4,bad-sku,1.00,Books,Map,Acme,9.99,Media"
+
+
+def test_references_are_checked_within_the_folder(spark, tmp_path):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    (folder / "products.csv").write_text(PART1.splitlines()[0] + "\n" + PART1.splitlines()[1])
+    (folder / "orders.csv").write_text(
+        "order_id,user_id,status,created_at,returned_at,shipped_at,delivered_at,num_of_item\n"
+        "7,10,pending,2025-03-01T10:00:00,,,,1\n"
+    )
+    (folder / "order_items.csv").write_text(
+        "id,order_id,user_id,product_id,status,created_at,shipped_at,delivered_at,returned_at,"
+        "sale_price\n"
+        "1,7,10,1,pending,2025-03-01T10:00:00,,,,9.99\n"
+        "2,8,10,1,pending,2025-03-01T10:00:00,,,,9.99\n"
+        "3,7,11,1,pending,2025-03-01T10:00:00,,,,9.99\n"
+    )
+    checked = check_folder(lambda: spark, folder, work=tmp_path / "work")
+    items = next(d for d in checked.datasets if d.dataset == "order_items")
+    assert {(r.rule, r.line, r.value) for r in items.bad_rows} == {
+        ("order_id refers to a known order", 3, "8"),
+        ("user_id matches the order's user_id", 4, repr("item's 11, order's 10")),
+    }
+    assert [d.success for d in checked.datasets] == [True, True, False]
