@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from ecom_pipeline.core.contract import DATASETS, dataset_of_file
+from ecom_pipeline.cli import CHECK_SPARK_LOG, main
+from ecom_pipeline.core.contract import DATASETS, ExitCode, dataset_of_file
 from ecom_pipeline.core.planning import INTAKE_RULE
 from ecom_pipeline.tasks.check import (
     BAD_ROWS_HEADER,
@@ -182,3 +188,65 @@ def test_references_are_checked_within_the_folder(spark, tmp_path):
         ("user_id matches the order's user_id", 4, repr("item's 11, order's 10")),
     }
     assert [d.success for d in checked.datasets] == [True, True, False]
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def test_check_command_passes_a_valid_folder_and_writes_nothing(spark, tmp_path, capsys):
+    folder = tmp_path / "ok"
+    shutil.copytree(CORPUS / "ok_columns_reordered", folder)
+    assert main(["check", str(folder)]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert re.search(r"^orders: PASSED, 3 rows in 1 file, \d+ rules \(\d+\.\d s\)$", out, re.M)
+    assert re.search(r"^PASSED: every rule holds \(\d+\.\d s\)$", out, re.M), out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]
+    assert sorted(p.name for p in folder.iterdir()) == ["orders.csv"]
+
+
+def test_check_command_exits_3_with_the_bad_rows_next_to_the_folder(spark, tmp_path, capsys):
+    folder = tmp_path / "b1"
+    shutil.copytree(CORPUS / "unknown_status", folder)
+    assert main(["check", str(folder)]) == ExitCode.DATA_REJECTED
+    out = capsys.readouterr().out
+    assert f"    {folder.as_posix()}/orders.csv line 5: status=lost\n" in out
+    bad_rows = tmp_path / "b1.bad-rows.csv"
+    assert out.rstrip().endswith(f"bad rows in {bad_rows}")
+    with bad_rows.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["line"], r["rule"], r["column"], r["value"]) for r in rows] == [
+        ("5", "status allowed", "status", "lost")
+    ]
+    assert rows[0]["row"] == "4,13,lost,2025-03-02T09:30:00,,,,1"
+    assert sorted(p.name for p in folder.iterdir()) == ["orders.csv"]  # nothing inside DIR
+
+
+def test_check_refuses_files_that_fit_no_dataset_as_intake_does(spark, tmp_path, capsys):
+    folder = tmp_path / "b2"
+    shutil.copytree(CORPUS / "unexpected_file_name", folder)
+    bad_rows = tmp_path / "elsewhere" / "bad.csv"
+    assert main(["check", str(folder), "--bad-rows", str(bad_rows)]) == ExitCode.DATA_REJECTED
+    out = capsys.readouterr().out
+    assert (
+        f"refused at intake: rule '{INTAKE_RULE}': files whose names fit no dataset (expected "
+        f"products*.csv, orders*.csv, order_items*.csv)\n  {folder.as_posix()}/customers.csv\n"
+    ) in out
+    assert "customers.csv" in bad_rows.read_text(encoding="utf-8")
+
+
+def test_check_keeps_sparks_own_log_off_the_terminal(tmp_path):
+    """In a process of its own, where the JVM starts: its warnings go to the log file."""
+    command = Path(sys.executable).parent / "ecom-pipeline"
+    done = subprocess.run(
+        [str(command), "check", str(CORPUS / "ok_bom_crlf")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == ExitCode.OK, done.stderr
+    assert done.stderr == ""
+    assert "PASSED: every rule holds" in done.stdout
+    assert "log4j" not in done.stdout
+    assert (tmp_path / CHECK_SPARK_LOG).stat().st_size > 0
