@@ -538,6 +538,14 @@ def test_progress_and_summary_show_steps_durations_and_local_paths(spark, tmp_pa
         re.M,
     ), progress
     assert re.search(rf"^  orders: FAILED, 4 rows {SECONDS}$", progress, re.M), progress
+    # tasks run one at a time here: each one's time is its own, not the wait for the others
+    first_batch = progress.split("[2/2]")[0]
+    (batch_seconds,) = re.findall(r"^  batch source: SUCCEEDED \((\d+\.\d) s\)$", first_batch, re.M)
+    task_seconds = re.findall(
+        r"^  (?:products|orders|order_items|KPIs|raw files).*\((\d+\.\d) s\)$", first_batch, re.M
+    )
+    assert len(task_seconds) == 5
+    assert sum(map(float, task_seconds)) <= float(batch_seconds) + 0.2
     assert (
         f"    rule 'status allowed' failed on 1 of 4 rows, e.g. {bad.as_posix()}/orders.csv "
         "status=lost\n"

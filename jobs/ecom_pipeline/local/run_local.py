@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -541,14 +542,18 @@ class _TaskReporter:
         self._progress = progress
         self._log_file = log_file
         self.places: dict[str, Path] = {}  # batch id -> the folder it was uploaded from
+        # The Parallel state's branches call at once, and tasks run here one at a time: a
+        # task's time starts when it runs, not while it waits for the one before it.
+        self._one_at_a_time = threading.Lock()
 
     def __call__(self, command: list[str], environment: Mapping[str, str]) -> int:
-        started = time.perf_counter()
-        code = self._runner(command, environment)
-        try:
-            self._report(command, code, time.perf_counter() - started)
-        except Exception:  # a progress line must never fail the task
-            log.exception("task progress not reported", extra={"command": command})
+        with self._one_at_a_time:
+            started = time.perf_counter()
+            code = self._runner(command, environment)
+            try:
+                self._report(command, code, time.perf_counter() - started)
+            except Exception:  # a progress line must never fail the task
+                log.exception("task progress not reported", extra={"command": command})
         return code
 
     def _place(self, batch_id: str) -> Callable[[str], str]:
