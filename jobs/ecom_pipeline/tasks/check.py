@@ -191,8 +191,10 @@ def check_folder(
     refusal = _intake_refusal(folder, relatives)
     by_dataset: dict[str, list[DataFile]] = {}
     for relative in sorted(relatives):
+        if relative.startswith("_") or relative in MARKERS:
+            continue  # markers and side files: the validation job skips them too (BatchFiles)
         dataset = dataset_of_file(relative)
-        if dataset is not None and relative not in MARKERS:
+        if dataset is not None:
             # named as the user named the folder, so messages point at the files they know
             by_dataset.setdefault(dataset, []).append(
                 DataFile(folder / relative, (folder / relative).as_posix())
