@@ -250,3 +250,23 @@ def test_check_keeps_sparks_own_log_off_the_terminal(tmp_path):
     assert "PASSED: every rule holds" in done.stdout
     assert "log4j" not in done.stdout
     assert (tmp_path / CHECK_SPARK_LOG).stat().st_size > 0
+
+
+def test_a_rule_broken_by_many_rows_prints_a_few_and_keeps_the_first_ones(
+    spark, tmp_path, monkeypatch
+):
+    from ecom_pipeline.tasks import check
+
+    monkeypatch.setattr(check, "BAD_ROWS_PER_RULE", 6)  # as if 1000: the first N rows kept
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    header = "order_id,user_id,status,created_at,returned_at,shipped_at,delivered_at,num_of_item"
+    rows = [f"{n},10,lost,2025-03-01T10:00:00,,,,1" for n in range(1, 9)]
+    (folder / "orders.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    checked = check_folder(lambda: spark, folder, work=tmp_path / "work")
+    (orders,) = checked.datasets
+    assert [r.line for r in orders.bad_rows] == [2, 3, 4, 5, 6, 7]
+    printed = dataset_lines(orders)
+    assert printed[1] == "  rule 'status allowed' failed on 8 of 8 rows"
+    assert len([line for line in printed if line.startswith("    ") and "line" in line]) == 5
+    assert printed[-1] == "    and 3 more rows: see the bad-rows file (the first 6)"

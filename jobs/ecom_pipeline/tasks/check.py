@@ -488,32 +488,41 @@ def _where(row: BadRow) -> str:
     return f"{row.file} line {row.line}" if row.line is not None else row.file
 
 
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'s' * (n != 1)}"
+
+
 def dataset_lines(checked: DatasetCheck) -> list[str]:
     """What people read about one dataset: its verdict, then each failed rule and its rows."""
-    files = f"{len(checked.files)} file{'s' * (len(checked.files) != 1)}"
+    read = f"{_count(checked.rows, 'row')} in {_count(len(checked.files), 'file')}"
+    took = f"({checked.seconds:.1f} s)"
     if checked.success:
-        return [
-            f"{checked.dataset}: PASSED, {checked.rows} rows in {files}, "
-            f"{checked.rules_evaluated} rules ({checked.seconds:.1f} s)"
-        ]
-    rules = list(dict.fromkeys(f.rule for f in checked.failures))
-    lines = [
-        f"{checked.dataset}: FAILED, {checked.rows} rows in {files}, {len(rules)} of "
-        f"{max(checked.rules_evaluated, len(rules))} rules broken ({checked.seconds:.1f} s)"
-    ]
+        return [f"{checked.dataset}: PASSED, {read}, {checked.rules_evaluated} rules {took}"]
+    broken = len(dict.fromkeys(f.rule for f in checked.failures))
+    if checked.rules_evaluated:
+        summary = f"{read}, {broken} of {checked.rules_evaluated} rules broken"
+    else:  # as in the validation job: no file is CSV text, so the suite had nothing to read
+        summary = f"{_count(broken, 'rule')} broken, no file could be read"
+    lines = [f"{checked.dataset}: FAILED, {summary} {took}"]
     for failure, rows in checked.broken:
         if not failure.rows:
-            where = rows[0].file or checked.dataset
-            lines.append(f"  rule '{failure.rule}' failed for {where}: {rows[0].value}")
+            if failure.file is None and failure.error:
+                lines.append(f"  rule '{failure.rule}' could not be checked: {failure.error}")
+            else:
+                where = rows[0].file or checked.dataset
+                lines.append(f"  rule '{failure.rule}' failed for {where}: {rows[0].value}")
             continue
         lines.append(
             f"  rule '{failure.rule}' failed on {failure.unexpected_count} of "
-            f"{failure.element_count} rows"
+            f"{_count(failure.element_count or 0, 'row')}"
         )
         lines += [f"    {_where(row)}: {row.column}={row.value}" for row in rows[:PRINTED_PER_RULE]]
-        if (failure.unexpected_count or 0) > PRINTED_PER_RULE:
-            more = (failure.unexpected_count or 0) - PRINTED_PER_RULE
-            lines.append(f"    and {more} more rows (in the bad-rows file)")
+        more = (failure.unexpected_count or 0) - PRINTED_PER_RULE
+        if more > 0:
+            kept = (
+                "" if len(rows) >= (failure.unexpected_count or 0) else f" (the first {len(rows)})"
+            )
+            lines.append(f"    and {_count(more, 'more row')}: see the bad-rows file{kept}")
     return lines
 
 
