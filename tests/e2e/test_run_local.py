@@ -24,7 +24,7 @@ from ecom_pipeline.core.tiers import TIERS
 from ecom_pipeline.local.ecs_stand_in import InProcessRunner, enable_interpreter, local_ecs
 from ecom_pipeline.local.emulator import LocalAws
 from ecom_pipeline.local.generator import generate
-from ecom_pipeline.local.run_local import LocalPipeline, run_local, s3_event
+from ecom_pipeline.local.run_local import LocalPipeline, prepare_export, run_local, s3_event
 from reference_kpis import as_json_ready, kpis_from_batches
 
 SEED_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "seed-sample"
@@ -504,3 +504,62 @@ def test_kpi_task_failure_is_caught_notified_and_writes_nothing(spark, tmp_path)
     assert kpi_env["SPARK_DRIVER_MEMORY"] == TIERS[0].driver_memory
     assert kpi_env["PIPELINE_BUCKET"] == "ecom-pipeline-local"
     assert kpi_env["EXECUTION_ID"].endswith(":source")
+
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+SECONDS = r"\(\d+\.\d s\)"
+
+
+def test_progress_and_summary_show_steps_durations_and_local_paths(spark, tmp_path, capsys):
+    """What people see: each task as it ends with its duration, a summary of the verdicts and
+    where to look on this disk; nothing of emulated S3 or Python's internals. The export folder
+    is an earlier run's: run-local runs into it again, replacing what runs write."""
+    source = tmp_path / "source"
+    generate(source, 20, seed=5, days=3, products=10)
+    bad = CORPUS / "unknown_status"
+    out = tmp_path / "out"
+    prepare_export(out)
+    stale = out / "bucket" / "archive" / "an-earlier-batch"
+    stale.mkdir(parents=True)
+    code = main(["run-local", str(source), str(bad), "--export", str(out)])
+    assert code == ExitCode.DATA_REJECTED
+    captured = capsys.readouterr()
+    progress, summary = captured.err, captured.out
+    for text in (progress, summary):
+        assert "s3://" not in text
+        assert "Decimal(" not in text
+        assert "{'" not in text
+        assert "in parallel" not in text
+    for dataset in DATASETS:
+        assert re.search(rf"^  {dataset}: PASSED, \d+ rows {SECONDS}$", progress, re.M), progress
+    assert re.search(
+        rf"^  KPIs: 3 dates recomputed from 10 products, 20 orders, \d+ order items {SECONDS}$",
+        progress,
+        re.M,
+    ), progress
+    assert re.search(rf"^  orders: FAILED, 4 rows {SECONDS}$", progress, re.M), progress
+    # tasks run one at a time here: each one's time is its own, not the wait for the others
+    first_batch = progress.split("[2/2]")[0]
+    (batch_seconds,) = re.findall(r"^  batch source: SUCCEEDED \((\d+\.\d) s\)$", first_batch, re.M)
+    task_seconds = re.findall(
+        r"^  (?:products|orders|order_items|KPIs|raw files).*\((\d+\.\d) s\)$", first_batch, re.M
+    )
+    assert len(task_seconds) == 5
+    assert sum(map(float, task_seconds)) <= float(batch_seconds) + 0.2
+    assert (
+        f"    rule 'status allowed' failed on 1 of 4 rows, e.g. {bad.as_posix()}/orders.csv "
+        "status=lost\n"
+    ) in progress
+    assert re.search(rf"^  batch unknown_status: REJECTED at validation {SECONDS}$", progress, re.M)
+    assert re.search(r"^2 batches in \d+\.\d s: 1 succeeded, 1 rejected$", summary, re.M), summary
+    archived = out / "bucket" / "archive" / "source"
+    rejected = out / "bucket" / "rejected" / "unknown_status"
+    assert f"  source: SUCCEEDED, raw files in {archived}/\n" in summary
+    assert (
+        f"  unknown_status: REJECTED at validation, raw files and _reason.json in {rejected}/\n"
+    ) in summary
+    assert archived.is_dir()
+    assert (rejected / "_reason.json").is_file()
+    assert f"Data Docs: open {out / 'data_docs' / 'index.html'}\n" in summary
+    assert (out / "data_docs" / "index.html").is_file()
+    assert not stale.exists()  # replaced: the folder is run-local's own

@@ -58,6 +58,9 @@ class RuleFailure:
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     file: str | None = None
+    # every offending row GX returned (as many as the failure pass's result format asks for;
+    # ``examples`` are the first EXAMPLES): `ecom-pipeline check` lists them all. Not reported.
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def describe(self, dataset: str) -> str:
         where = f" in {self.file}" if self.file else ""
@@ -76,7 +79,7 @@ class RuleFailure:
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, [], {})}
+        return {k: v for k, v in self.__dict__.items() if k != "rows" and v not in (None, [], {})}
 
 
 def _format_example(example: dict[str, Any]) -> str:
@@ -101,8 +104,11 @@ def run_suite(
     checkable_columns: list[str],
     run_name: str,
     project_dir: Path,
+    failure_format: dict[str, Any] | None = None,
 ) -> SuiteOutcome:
-    """Validate frame with the dataset's suite and build Data Docs under project_dir."""
+    """Validate frame with the dataset's suite and build Data Docs under project_dir.
+    ``failure_format``: the result format of the pass that looks for offending rows when a rule
+    failed (default: EXAMPLES rows per rule, named by file and key)."""
     import great_expectations as gx
     from great_expectations.core import ExpectationSuite
     from great_expectations.core.run_identifier import RunIdentifier
@@ -137,7 +143,7 @@ def run_suite(
     run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
     parameters = suite_parameters(dataset, checkable_columns)
     result = None
-    for result_format in (BOOLEAN_ONLY, _summary_format(dataset)):
+    for result_format in (BOOLEAN_ONLY, failure_format or _summary_format(dataset)):
         checkpoint = context.checkpoints.add_or_update(
             gx.Checkpoint(
                 name=f"{dataset.name}-checkpoint",
@@ -198,7 +204,7 @@ def _failure_of(expectation_result: Any) -> RuleFailure:
         nested = [v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
         if nested:
             error = nested[0].get("exception_message")
-    examples = [dict(e) for e in (result.get("partial_unexpected_index_list") or [])][:EXAMPLES]
+    rows = [dict(e) for e in (result.get("partial_unexpected_index_list") or [])]
     details: dict[str, Any] = {}
     mismatched = (result.get("details") or {}).get("mismatched")
     if mismatched:
@@ -211,7 +217,8 @@ def _failure_of(expectation_result: Any) -> RuleFailure:
         column=column,
         unexpected_count=result.get("unexpected_count"),
         element_count=result.get("element_count"),
-        examples=examples,
+        examples=rows[:EXAMPLES],
         details=details,
         error=error,
+        rows=rows,
     )

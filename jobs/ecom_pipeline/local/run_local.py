@@ -6,7 +6,7 @@ goes to the Lambda handler (``lambda/trigger.py``); the handler starts an execut
 machine in ``stepfunctions/`` in moto's Step Functions interpreter, which runs the Parallel
 validation, Retry/Catch, SNS notices and the KPI task. Only ECS is stood in for: each task's
 container command runs here with the task definition's environment and the overrides the state
-machine sends (see local_sfn.py).
+machine sends (see ecs_stand_in.py).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -29,10 +30,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
+from ecom_pipeline.adapters.storage import Store
 from ecom_pipeline.core import logs
-from ecom_pipeline.core.layout import ARCHIVE, DATA_DOCS, INCOMING, REJECTED, incoming_prefix
+from ecom_pipeline.core.contract import DATASET_ORDER
+from ecom_pipeline.core.layout import (
+    ARCHIVE,
+    DATA_DOCS,
+    INCOMING,
+    REJECTED,
+    incoming_prefix,
+    kpi_result_key,
+    result_key,
+)
 from ecom_pipeline.core.planning import KPI_RETRY_WAIT_ENV, KPI_RETRY_WAIT_S
-from ecom_pipeline.core.settings import Settings
+from ecom_pipeline.core.settings import ConfigError, Settings
 from ecom_pipeline.core.tiers import TIERS
 from ecom_pipeline.lambda_fn import trigger
 from ecom_pipeline.local.ecs_stand_in import (
@@ -40,9 +51,11 @@ from ecom_pipeline.local.ecs_stand_in import (
     enable_interpreter,
     local_ecs,
 )
-from ecom_pipeline.local.emulator import LocalAws
+from ecom_pipeline.local.emulator import EXPORT_FILES, LocalAws
 from ecom_pipeline.pipeline.asl import CONTAINER_NAME, substitute
 from ecom_pipeline.read.dashboard import DASHBOARD_PREFIX, relink_data_docs
+from ecom_pipeline.tasks.check import folder_problem, shown, value_label
+from ecom_pipeline.transforms.ingest import SOURCE_FILE
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -50,10 +63,26 @@ STATE_MACHINE_NAME = "ecom-pipeline"
 MARKER = "_SUCCESS"
 EXECUTION_TIMEOUT_S = 3600
 BUCKET_EXPORT = "bucket"  # OUT/bucket/<prefix>/...: the raw files' custody prefixes
+DATA_DOCS_EXPORT = "data_docs"
+DASHBOARD_EXPORT = "dashboard"
+WORK_DIR = "work"
+LOG_FILE = "pipeline.log.jsonl"
+# The file that makes a folder an export of run-local's: only such a folder (or a new or empty
+# one) is written to, since each run replaces the folders below in it.
+EXPORT_MARKER = ".ecom-pipeline-export"
+REPLACED = (WORK_DIR, BUCKET_EXPORT, DATA_DOCS_EXPORT, DASHBOARD_EXPORT)
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)  # noqa: T201 - human progress for long runs
+
+
+class RunArgumentsError(ConfigError):
+    """Arguments run-local cannot start with: every problem found, one line each."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
 
 
 @dataclass
@@ -64,10 +93,39 @@ class BatchOutcome:
     notice: dict[str, Any] | None = None
     execution_arn: str | None = None
     error: str | None = None
+    seconds: float = 0.0
 
     @property
     def success(self) -> bool:
         return self.status in ("SUCCEEDED", "DUPLICATE")
+
+    @property
+    def verdict(self) -> str:
+        """succeeded; rejected (the data's fault: its files went to rejected/, or intake
+        refused it before anything started); or failed (anything else: see the log)."""
+        if self.success:
+            return "succeeded"
+        notice = self.notice or {}
+        custody = notice.get("custody") or {}
+        if custody.get("moved") and f"/{REJECTED}/" in str(custody.get("files")):
+            return "rejected"
+        if not custody and notice.get("stage") == "intake":
+            return "rejected"
+        return "failed"
+
+    @property
+    def stage(self) -> str | None:
+        """Where a failed batch stopped (intake, validation, kpis, archive)."""
+        return (self.notice or {}).get("stage")
+
+    @property
+    def files_key(self) -> str:
+        """The bucket folder holding the batch's raw files at the end (custody)."""
+        custody = (self.notice or {}).get("custody") or {}
+        where = str(custody.get("files") or "")
+        if where.startswith("s3://"):
+            return where.split("/", 3)[3]
+        return incoming_prefix(self.batch_id)
 
 
 @dataclass
@@ -75,10 +133,74 @@ class RunSummary:
     outcomes: list[BatchOutcome] = field(default_factory=list)
     exported: dict[str, int] = field(default_factory=dict)
     out_dir: Path | None = None
+    seconds: float = 0.0
 
     @property
     def success(self) -> bool:
         return all(o.success for o in self.outcomes)
+
+    def count(self, verdict: str) -> int:
+        return sum(o.verdict == verdict for o in self.outcomes)
+
+    def local_files(self, outcome: BatchOutcome) -> Path:
+        """Where the export keeps the batch's raw files (the emulated bucket is gone)."""
+        return (self.out_dir or Path()) / BUCKET_EXPORT / outcome.files_key
+
+    def export_files(self) -> dict[str, Path]:
+        """Each exported table's file, by table name."""
+        return {table: (self.out_dir or Path()) / name for table, name in EXPORT_FILES.items()}
+
+
+def export_problem(out_dir: Path) -> str | None:
+    """Why run-local must not write into out_dir, or None: it writes only into a new or empty
+    folder, or one it made before (which holds EXPORT_MARKER), since a run replaces its
+    work/, bucket/, data_docs/ and dashboard/."""
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            return f"--export {out_dir}: a file, not a folder"
+        if not out_dir.is_dir() or (out_dir / EXPORT_MARKER).is_file():
+            return None
+        if any(out_dir.iterdir()):
+            return (
+                f"--export {out_dir}: the folder is not empty and is no run-local export "
+                f"(it has no {EXPORT_MARKER}); choose a new or empty folder"
+            )
+    except OSError as e:
+        return f"--export {out_dir}: cannot be read ({e.strerror or e})"
+    return None
+
+
+def argument_problems(batch_dirs: Sequence[Path], out_dir: Path) -> list[str]:
+    """Every reason run-local cannot start with these arguments, one line each."""
+    problems = [problem for problem in map(folder_problem, batch_dirs) if problem]
+    export = export_problem(out_dir)
+    if export:
+        problems.append(export)
+    out = out_dir.resolve()
+    for folder in batch_dirs:
+        source = folder.resolve()
+        if source == out or source in out.parents:
+            problems.append(
+                f"--export {out_dir} is inside batch folder {folder}: the export's files would "
+                "be uploaded with the batch"
+            )
+        elif out in source.parents and source.relative_to(out).parts[0] in REPLACED:
+            replaced = out_dir / source.relative_to(out).parts[0]
+            problems.append(f"{folder}: inside {replaced}, which each run replaces")
+    return problems
+
+
+def prepare_export(out_dir: Path) -> None:
+    """Make out_dir run-local's own export folder (see :func:`export_problem`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker = out_dir / EXPORT_MARKER
+    if not marker.is_file():
+        marker.write_text(
+            "This folder is an export of `ecom-pipeline run-local`: each run into it replaces "
+            f"{', '.join(f'{name}/' for name in REPLACED)}, {LOG_FILE} and the files it "
+            "exports.\n",
+            encoding="utf-8",
+        )
 
 
 def batch_ids(batch_dirs: Sequence[Path]) -> list[str]:
@@ -255,33 +377,52 @@ class LocalPipeline:
 
 
 def run_batch(
-    pipeline: LocalPipeline, folder: Path, batch_id: str, progress: Progress, log_file: Path
+    pipeline: LocalPipeline,
+    folder: Path,
+    batch_id: str,
+    progress: Progress,
+    log_file: Path,
+    *,
+    places: dict[str, Path] | None = None,
 ) -> BatchOutcome:
+    """Upload one batch folder, hand its marker's event to the Lambda and wait for the
+    execution. ``places``, when given, learns where the batch's files came from (the progress
+    of its tasks names them there)."""
+    started = time.perf_counter()
+    if places is not None:
+        places[batch_id] = folder
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
     marker = pipeline.upload(folder, batch_id)
-    progress(f"  uploaded to s3://{pipeline.aws.bucket}/{incoming_prefix(batch_id)}")
+    progress(
+        f"  uploaded {len(files)} file{'s' * (len(files) != 1)}, "
+        f"{_size(sum(p.stat().st_size for p in files))} ({time.perf_counter() - started:.1f} s)"
+    )
+
+    def outcome(status: str, **fields: Any) -> BatchOutcome:
+        return BatchOutcome(
+            batch_id, folder, status, seconds=time.perf_counter() - started, **fields
+        )
+
     try:
         result = pipeline.deliver(s3_event(pipeline.aws.bucket, marker, 0), log_file)
     except Exception as e:  # the Lambda failed: nothing started (AWS would retry it)
-        progress(f"  trigger refused the batch: {e}")
-        return BatchOutcome(batch_id, folder, "NOT_STARTED", error=f"{type(e).__name__}: {e}")
+        progress(f"  the trigger failed, nothing started: {e}")
+        return outcome("NOT_STARTED", error=f"{type(e).__name__}: {e}")
     if result["duplicates"]:
         progress("  an execution for this batch exists already: nothing started")
-        return BatchOutcome(batch_id, folder, "DUPLICATE")
+        return outcome("DUPLICATE")
     if not result["started"]:
-        return BatchOutcome(batch_id, folder, "NOT_STARTED", error=f"handler result {result}")
-    execution_arn = pipeline.execution_arn(result["started"][0])
-    progress(f"  execution {result['started'][0]} running (validate in parallel, then KPIs) ...")
+        notice = _notice_of(pipeline, batch_id)
+        _report(progress, notice, folder, batch_id)
+        return outcome("NOT_STARTED", notice=notice, error=(notice or {}).get("error"))
+    name = result["started"][0]
+    execution_arn = pipeline.execution_arn(name)
+    # moto's interpreter runs the Parallel branches' tasks one at a time here (one JVM)
+    progress(f"  execution {name} started: each dataset validated, then the KPIs")
     description = pipeline.wait(execution_arn)
-    notices = [
-        n["message"]
-        for n in pipeline.aws.notifications()
-        if isinstance(n["message"], dict) and n["message"].get("batch_id") == batch_id
-    ]
-    notice = notices[-1] if notices else None
-    _report(progress, notice)
-    return BatchOutcome(
-        batch_id,
-        folder,
+    notice = _notice_of(pipeline, batch_id)
+    _report(progress, notice, folder, batch_id)
+    return outcome(
         description["status"],
         notice=notice,
         execution_arn=execution_arn,
@@ -289,31 +430,170 @@ def run_batch(
     )
 
 
-def _report(progress: Progress, notice: dict[str, Any] | None) -> None:
+def _notice_of(pipeline: LocalPipeline, batch_id: str) -> dict[str, Any] | None:
+    notices = [
+        n["message"]
+        for n in pipeline.aws.notifications()
+        if isinstance(n["message"], dict) and n["message"].get("batch_id") == batch_id
+    ]
+    return notices[-1] if notices else None
+
+
+def _size(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} bytes"
+
+
+def _report(progress: Progress, notice: dict[str, Any] | None, folder: Path, batch_id: str) -> None:
+    """What the notice says that the tasks' own lines did not: an intake refusal, a failure
+    that was not a rule's."""
     if notice is None:
         progress("  no notice was published")
         return
-    for validation in notice.get("validations", []):
-        result = validation.get("result") or {}
-        progress(
-            f"  {validation['dataset']}: {validation['status']}"
-            + (f", {result['rows']} rows" if "rows" in result else "")
+    if notice.get("status") != "FAILED" or notice.get("stage") == "validation":
+        return
+    if notice.get("stage") == "intake":
+        rule = f"rule '{notice['rule']}': " if notice.get("rule") else ""
+        progress(f"  refused at intake: {rule}{notice.get('error')}")
+        for key in notice.get("unrecognised_files") or []:
+            progress(f"    {_local_name(key, folder, batch_id)}")
+        return
+    progress(f"  failed at {notice.get('stage')}: {_error_text(notice.get('error'))}")
+
+
+def _error_text(error: Any) -> str:
+    """A state's error for people: its name and the task's exit codes, not its JSON."""
+    if not isinstance(error, dict):
+        return str(error)
+    text = str(error.get("Error") or "error")
+    try:
+        cause = json.loads(error.get("Cause") or "")
+    except (TypeError, ValueError):
+        return text
+    containers = cause.get("Containers", []) if isinstance(cause, dict) else []
+    codes = [c.get("ExitCode") for c in containers if isinstance(c, dict)]
+    if codes:
+        text += f" (the task exited with code {', '.join(map(str, codes))})"
+    return text
+
+
+def _local_name(key: str, folder: Path, batch_id: str) -> str:
+    """A batch file's key as the file it was uploaded from."""
+    for prefix in (incoming_prefix(batch_id), f"{INCOMING}/{batch_id}/"):
+        if key.startswith(prefix):
+            return (folder / key[len(prefix) :]).as_posix()
+    return key
+
+
+def _dataset_label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """{"products": 3, "order_items": 5} -> "3 products, 5 order items"."""
+    order = [name for name in DATASET_ORDER if name in counts] + sorted(
+        set(counts) - set(DATASET_ORDER)
+    )
+    return ", ".join(f"{counts[name]} {_dataset_label(name)}" for name in order)
+
+
+def failed_rule_text(rule: dict[str, Any], place: Callable[[str], str]) -> str:
+    """One failed rule of a validation result (its JSON) for people: the file, the rule, how
+    many rows and a few of their values. ``place`` turns a file's key into the name people
+    know it by."""
+    where = f"{place(rule['file'])}: " if rule.get("file") else ""
+    text = f"{where}rule '{rule['rule']}' failed"
+    if rule.get("unexpected_count") is not None:
+        text += f" on {rule['unexpected_count']} of {rule.get('element_count')} rows"
+    if rule.get("error"):
+        text += f": {rule['error']}"
+    details = rule.get("details") or {}
+    if details:
+        text += (
+            " ("
+            + "; ".join(
+                f"{kind}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
+                for kind, value in details.items()
+            )
+            + ")"
         )
-        for rule in result.get("failed_rules", []):
-            progress(f"    {rule['message']}")
-    if notice.get("status") == "SUCCEEDED":
-        progress(
-            f"  KPIs: {len(notice['dates_recomputed'])} dates recomputed from "
-            f"{notice['rows_accepted']}"
-        )
-    elif notice.get("error"):
-        progress(f"  error: {json.dumps(notice['error'])[:500]}")
-    custody = notice.get("custody") or {}
-    if custody:
-        where = "moved to" if custody.get("moved") else "kept in"
-        progress(f"  files {where} {custody.get('files')}")
-        if custody.get("replay"):
-            progress(f"  to run it again: {custody['replay']}")
+    examples = []
+    column = rule.get("column")
+    for example in rule.get("examples") or []:
+        named = f"{value_label(column)}={shown(example[column])}" if column in example else ""
+        source = place(str(example[SOURCE_FILE])) if example.get(SOURCE_FILE) else ""
+        examples.append(" ".join(part for part in (source, named) if part))
+    if examples:
+        text += ", e.g. " + "; ".join(examples)
+    return text
+
+
+class _TaskReporter:
+    """Runs each ECS task's command with ``runner`` and says, as it ends, what it found and how
+    long it took (the notice comes only when the execution ends)."""
+
+    def __init__(
+        self, runner: TaskRunner, store: Store, progress: Progress, log_file: Path
+    ) -> None:
+        self._runner = runner
+        self._store = store
+        self._progress = progress
+        self._log_file = log_file
+        self.places: dict[str, Path] = {}  # batch id -> the folder it was uploaded from
+        # The Parallel state's branches call at once, and tasks run here one at a time: a
+        # task's time starts when it runs, not while it waits for the one before it.
+        self._one_at_a_time = threading.Lock()
+
+    def __call__(self, command: list[str], environment: Mapping[str, str]) -> int:
+        with self._one_at_a_time:
+            started = time.perf_counter()
+            code = self._runner(command, environment)
+            try:
+                self._report(command, code, time.perf_counter() - started)
+            except Exception:  # a progress line must never fail the task
+                log.exception("task progress not reported", extra={"command": command})
+        return code
+
+    def _place(self, batch_id: str) -> Callable[[str], str]:
+        folder = self.places.get(batch_id)
+        return (lambda key: _local_name(key, folder, batch_id)) if folder else str
+
+    def _report(self, command: list[str], code: int, seconds: float) -> None:
+        name, options = command[0], dict(zip(command[1::2], command[2::2], strict=False))
+        batch_id = options.get("--batch-id", "")
+        took = f"({seconds:.1f} s)"
+        failed = f"the task exited with code {code} {took}; see {self._log_file}"
+        if name == "validate":
+            dataset = options.get("--dataset", "")
+            result = self._store.get_json_or_none(result_key(batch_id, dataset)) or {}
+            if code not in (0, 3) or not result:
+                self._progress(f"  {dataset}: ERROR, {failed}")
+                return
+            status = "PASSED" if code == 0 else "FAILED"
+            self._progress(f"  {dataset}: {status}, {result.get('rows')} rows {took}")
+            for rule in result.get("failed_rules") or []:
+                self._progress(f"    {failed_rule_text(rule, self._place(batch_id))}")
+        elif name == "compute-kpis":
+            report = self._store.get_json_or_none(kpi_result_key(batch_id)) if code == 0 else None
+            if report is None:
+                self._progress(f"  KPIs: {failed}")
+                return
+            dates = len(report.get("dates_recomputed") or [])
+            self._progress(
+                f"  KPIs: {dates} date{'s' * (dates != 1)} recomputed from "
+                f"{counts_text(report.get('rows_accepted') or {})} {took}"
+            )
+        elif name == "move-batch":
+            where = options.get("--to", "")
+            if code == 0:
+                self._progress(f"  raw files moved to {where}/ {took}")
+            else:
+                self._progress(f"  moving the raw files to {where}/ failed: {failed}")
+        else:
+            self._progress(f"  {name}: exit code {code} {took}")
 
 
 def run_local(
@@ -324,36 +604,58 @@ def run_local(
     progress: Progress = _stderr,
 ) -> RunSummary:
     """Run each batch in order, then export the tables, notices and Data Docs to out_dir.
-    ``runner`` runs each ECS task's command (``InProcessRunner(cli.main)``: in this process)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_file = out_dir / "pipeline.log.jsonl"
+    ``runner`` runs each ECS task's command (``InProcessRunner(cli.main)``: in this process).
+
+    Every argument is checked before anything starts: :class:`RunArgumentsError` lists each
+    problem (see :func:`argument_problems`)."""
+    problems = argument_problems(batch_dirs, out_dir)
+    if problems:
+        raise RunArgumentsError(problems)
+    run_started = time.perf_counter()
+    prepare_export(out_dir)
+    log_file = out_dir / LOG_FILE
     log_file.unlink(missing_ok=True)
     logs.configure(path=log_file)
     progress(f"JSON logs: {log_file}")
     summary = RunSummary(out_dir=out_dir)
     ids = batch_ids(batch_dirs)
-    with LocalAws() as aws, local_ecs(runner):
-        enable_interpreter("127.0.0.1", aws.port)
-        config = Settings(
-            bucket=aws.bucket, aws=aws.settings, topic_arn=aws.topic_arn, work_dir=out_dir / "work"
-        )
-        pipeline = LocalPipeline(aws, config)
-        progress(f"emulated AWS at {aws.endpoint_url}; state machine {STATE_MACHINE_NAME}")
-        try:
-            for number, (folder, batch_id) in enumerate(zip(batch_dirs, ids, strict=True), 1):
-                progress(f"[{number}/{len(ids)}] batch {batch_id} ({folder})")
-                outcome = run_batch(pipeline, folder, batch_id, progress, log_file)
-                progress(f"  batch {batch_id}: {outcome.status}")
-                summary.outcomes.append(outcome)
-        finally:
-            summary.exported = aws.export_tables(out_dir)
-            aws.export_notifications(out_dir / "notifications.jsonl")
-            docs = out_dir / "data_docs"
-            shutil.rmtree(docs, ignore_errors=True)
-            aws.store.download_prefix(DATA_DOCS, docs)
-            _export_custody(aws, out_dir / BUCKET_EXPORT)
-            _export_dashboard(aws, out_dir / "dashboard", docs.name)
-            shutil.rmtree(config.work_dir, ignore_errors=True)
+    clock = time.perf_counter()
+    with LocalAws() as aws:
+        reporter = _TaskReporter(runner, aws.store, progress, log_file)
+        with local_ecs(reporter):
+            enable_interpreter("127.0.0.1", aws.port)
+            config = Settings(
+                bucket=aws.bucket,
+                aws=aws.settings,
+                topic_arn=aws.topic_arn,
+                work_dir=out_dir / WORK_DIR,
+            )
+            pipeline = LocalPipeline(aws, config)
+            progress(f"emulated AWS ready ({time.perf_counter() - clock:.1f} s)")
+            try:
+                for number, (folder, batch_id) in enumerate(zip(batch_dirs, ids, strict=True), 1):
+                    progress(f"[{number}/{len(ids)}] batch {batch_id} from {folder}")
+                    outcome = run_batch(
+                        pipeline, folder, batch_id, progress, log_file, places=reporter.places
+                    )
+                    stage = f" at {outcome.stage}" if outcome.verdict != "succeeded" else ""
+                    progress(
+                        f"  batch {batch_id}: {outcome.verdict.upper()}{stage} "
+                        f"({outcome.seconds:.1f} s)"
+                    )
+                    summary.outcomes.append(outcome)
+            finally:
+                clock = time.perf_counter()
+                summary.exported = aws.export_tables(out_dir)
+                aws.export_notifications(out_dir / "notifications.jsonl")
+                docs = out_dir / DATA_DOCS_EXPORT
+                shutil.rmtree(docs, ignore_errors=True)
+                aws.store.download_prefix(DATA_DOCS, docs)
+                _export_custody(aws, out_dir / BUCKET_EXPORT)
+                _export_dashboard(aws, out_dir / DASHBOARD_EXPORT, docs.name)
+                shutil.rmtree(config.work_dir, ignore_errors=True)
+                progress(f"exported to {out_dir} ({time.perf_counter() - clock:.1f} s)")
+    summary.seconds = time.perf_counter() - run_started
     return summary
 
 
