@@ -2,9 +2,10 @@
 
 The deployment zip holds this file plus the package's pure-Python core (``ecom_pipeline/core/``);
 the decisions live in ``ecom_pipeline.core.intake``. Settings: ``core.settings.TriggerSettings``
-(docs/settings.md). IAM: s3:ListBucket on the bucket (prefix incoming/), s3:GetObject on
-incoming/*, states:StartExecution on the state machine, states:DescribeExecution on its
-executions, sns:Publish on the topic.
+(docs/settings.md). IAM: s3:ListBucket and s3:ListBucketVersions on the bucket (prefix
+incoming/), s3:GetObject and s3:GetObjectVersion on incoming/* and results/*, s3:PutObject on
+results/* (each run's upload list), states:StartExecution on the state machine,
+states:DescribeExecution on its executions, sns:Publish on the topic.
 """
 
 from __future__ import annotations

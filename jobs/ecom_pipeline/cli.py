@@ -68,7 +68,7 @@ def _add_aws_arguments(parser: argparse.ArgumentParser) -> None:
 
 PACKAGE = "ecom-kpi-pipeline"
 # The commands people run, listed first in --help; the container entry points come after.
-USER_COMMANDS = ("demo", "run-local", "check", "kpis", "generate", "replay")
+USER_COMMANDS = ("demo", "run-local", "check", "kpis", "generate", "replay", "rebuild")
 CONTAINER_COMMANDS = ("validate", "compute-kpis", "move-batch")
 
 
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         examples="""
   ecom-pipeline run-local tests/data/seed-sample --export out/
   ecom-pipeline run-local batch1/ batch2/ batch3/ --export out/
+  ecom-pipeline run-local d1/ d2/ d1-fix/ --batch-id d1 --batch-id d2 --batch-id d1 --export out/
   ecom-pipeline kpis orders --last 7 --from-export out/""",
         parents=[spark_verbose],
     )
@@ -195,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="OUT",
         help="export folder: new, empty, or an earlier run-local's (it replaces what it wrote)",
+    )
+    local.add_argument(
+        "--batch-id",
+        action="append",
+        metavar="ID",
+        help=(
+            "the batch each folder is uploaded into: once for every folder, or once per folder "
+            "in order. An id given again is a producer uploading into the same S3 folder again "
+            "after its run: the batch's next run (<ID>-replay-<n>) applies exactly that "
+            "upload's rows. Default: each folder is its own batch, named after the folder"
+        ),
     )
 
     check = _command(
@@ -274,6 +286,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_arguments(replay)
     replay.add_argument("--wait", action="store_true", help="wait for the execution to end")
     replay.add_argument("--timeout", type=float, default=3 * 3600, help="seconds, with --wait")
+
+    rebuild = _command(
+        commands,
+        "rebuild",
+        help="recompute the KPI tables from the curated store (after a KPI definition changed)",
+        description=(
+            "Recompute the KPI items of every date from --from to --to (default: the curated "
+            "store's first to last order date) from the curated rows alone, write them and delete "
+            "the items of those dates the rows no longer give. Holds the curated store's lock "
+            "throughout, as a batch's KPI run does: batches arriving meanwhile wait. Runs here "
+            "against AWS or an endpoint, or as an ECS task of the job image under the KPI task "
+            "role (docs/reading-kpis.md). Exit codes: 0 rebuilt, 2 bad arguments, 3 the curated "
+            "store holds no order, 4 AWS unreachable or the lock stayed taken."
+        ),
+        examples="""
+  ecom-pipeline rebuild --bucket my-data-bucket
+  ecom-pipeline rebuild --from 2025-03-01 --to 2025-03-31 --bucket my-data-bucket""",
+        parents=[_verbose_parser("JSON logs on stderr")],
+    )
+    rebuild.add_argument(
+        "--from", dest="start", type=_iso_date, help="first date to recompute (YYYY-MM-DD)"
+    )
+    rebuild.add_argument(
+        "--to", dest="end", type=_iso_date, help="last date to recompute (YYYY-MM-DD)"
+    )
+    _add_aws_arguments(rebuild)
 
     validate = _command(
         commands,
@@ -460,6 +498,24 @@ def _compute_kpis(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _rebuild(args: argparse.Namespace) -> int:
+    from ecom_pipeline.adapters.spark import get_spark
+    from ecom_pipeline.tasks.rebuild import rebuild
+
+    if args.start and args.end and args.start > args.end:
+        return _usage([f"rebuild: --from {args.start} is after --to {args.end}"])
+    settings = _settings(args)
+    report = rebuild(
+        lambda: get_spark("rebuild", settings.spark), settings, start=args.start, end=args.end
+    )
+    print(
+        f"rebuilt the KPIs of {report.start} to {report.end}: "
+        f"{report.category_items_written} category and {report.order_items_written} order "
+        f"items written, {report.items_deleted} deleted ({report.duration_s:.1f} s)"
+    )
+    return ExitCode.OK
+
+
 def _move_batch(args: argparse.Namespace) -> int:
     from ecom_pipeline.tasks.custody import move_batch
 
@@ -613,14 +669,18 @@ def _run_local(args: argparse.Namespace) -> int:
     from ecom_pipeline.local.ecs_stand_in import InProcessRunner
     from ecom_pipeline.local.run_local import argument_problems, prepare_export, run_local
 
-    problems = argument_problems(args.batch_dirs, args.export)
+    problems = argument_problems(args.batch_dirs, args.export, batch_id=args.batch_id)
     if problems:
         return _usage(problems)
     prepare_export(args.export)
     spark_log = None if args.verbose else args.export / SPARK_LOG
     with _spark_output_to(spark_log) as terminal:
         summary = run_local(
-            args.batch_dirs, args.export, runner=InProcessRunner(main), progress=_printer(terminal)
+            args.batch_dirs,
+            args.export,
+            runner=InProcessRunner(main),
+            progress=_printer(terminal),
+            batch_id=args.batch_id,
         )
     _print_summary(summary, spark_log)
     return _run_exit_code(summary)
@@ -839,6 +899,7 @@ HANDLERS = {
     "kpis": _kpis,
     "generate": _generate,
     "replay": _replay,
+    "rebuild": _rebuild,
     "validate": _validate,
     "compute-kpis": _compute_kpis,
     "move-batch": _move_batch,

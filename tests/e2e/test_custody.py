@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from unittest import mock
 
 import pytest
 from botocore.exceptions import ClientError
+from test_exactly_once import _corrections
 from test_run_local import _expected, _exported
 
 from ecom_pipeline.adapters import storage
@@ -29,8 +32,11 @@ from ecom_pipeline.core.layout import (
     INCOMING,
     REASON_FILE,
     REJECTED,
+    archive_prefix,
+    incoming_prefix,
     kpi_result_key,
     reason_history_key,
+    run_upload_key,
 )
 from ecom_pipeline.core.planning import replay_execution_name
 from ecom_pipeline.core.settings import Settings
@@ -83,9 +89,9 @@ class PipelineRunner(InProcessRunner):
 
 @contextlib.contextmanager
 def pipeline(
-    tmp_path: Path, *, lock_wait_s: float | None = None
+    tmp_path: Path, *, lock_wait_s: float | None = None, runner: PipelineRunner | None = None
 ) -> Iterator[tuple[LocalPipeline, PipelineRunner]]:
-    runner = PipelineRunner()
+    runner = runner or PipelineRunner()
     with LocalAws() as aws, local_ecs(runner):
         enable_interpreter("127.0.0.1", aws.port)
         config = Settings(
@@ -381,7 +387,7 @@ def test_a_move_verifies_each_copy_and_resumes_after_a_failed_delete(tmp_path):
             s3.put_object(Bucket=aws.bucket, Key=f"{INCOMING}/m/{name}", Body=body)
 
         # a copy that does not hold the original's bytes: the original stays
-        def corrupt_copy(source_key, dest_key):
+        def corrupt_copy(source_key, dest_key, *, version_id=None):
             s3.put_object(Bucket=aws.bucket, Key=dest_key, Body=b"3,4\n" * 999 + b"3,5\n")
 
         with mock.patch.object(store, "copy", corrupt_copy), pytest.raises(CustodyError):
@@ -420,3 +426,122 @@ def test_replay_names_are_deterministic_distinct_and_valid():
     assert execution_name(long_a) not in names
     with pytest.raises(ValueError):
         replay_execution_name("b", 0)
+
+
+# --- an upload into a batch while it runs ----------------------------------------------------
+
+
+class UploadingRunner(PipelineRunner):
+    """Runs the jobs for real; once, when the task ``when`` names is about to run ("before
+    validate") or has run ("after move-batch"), the producer uploads ``files`` and the marker
+    into the batch again."""
+
+    def __init__(self, batch_id: str, files: dict[str, bytes], when: str) -> None:
+        super().__init__()
+        self.batch_id, self.files, self.when = batch_id, files, when
+        self.p: LocalPipeline | None = None
+        self.uploaded_at: datetime | None = None
+
+    def _upload(self) -> None:
+        s3, bucket = self.p.aws.client("s3"), self.p.aws.bucket
+        for relative, body in self.files.items():
+            s3.put_object(Bucket=bucket, Key=incoming_prefix(self.batch_id) + relative, Body=body)
+        marker = incoming_prefix(self.batch_id) + "_SUCCESS"
+        self.uploaded_at = datetime.now().astimezone()
+        s3.put_object(Bucket=bucket, Key=marker, Body=b"")
+
+    def __call__(self, command, environment):
+        task = command[0]
+        if self.uploaded_at is None and self.when == f"before {task}":
+            self._upload()
+        code = super().__call__(command, environment)
+        if self.uploaded_at is None and self.when == f"after {task}":
+            self._upload()
+        return code
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "before validate",  # the run's custody announces the upload again once it has settled
+        "after move-batch",  # custody has looked already: intake starts it after the run
+    ],
+)
+def test_an_upload_during_a_run_is_kept_and_runs_next_with_its_own_rows(spark, tmp_path, when):
+    source = _small_batch(tmp_path, "source", seed=8)
+    corrected = _corrections(source, tmp_path / "c", price="1.00", status="Cancelled", shift_days=1)
+    # the producer replaces the batch's orders file with corrected orders while the batch runs
+    (old_orders,) = source.glob("orders/*.csv")
+    new_orders = (corrected / "orders.csv").read_bytes()
+    reupload = tmp_path / "reupload"
+    (reupload / "orders").mkdir(parents=True)
+    (reupload / "orders" / old_orders.name).write_bytes(new_orders)
+    runner = UploadingRunner("u1", {f"orders/{old_orders.name}": new_orders}, when)
+    with pipeline(tmp_path, runner=runner) as (p, _):
+        runner.p = p
+        outcome = _run(p, source, "u1", tmp_path)
+        nxt = replay_execution_name("u1", 1)
+        statuses = {
+            name: p.sfn.describe_execution(executionArn=p.execution_arn(name))["status"]
+            for name in ("u1", nxt)
+        }
+        assert statuses == {"u1": "SUCCEEDED", nxt: "SUCCEEDED"}
+        assert outcome.status == "SUCCEEDED"
+        # each run applied exactly its own upload: the first the whole batch as it was, the
+        # next the corrected orders alone; together, the rows of both in upload order
+        assert _tables(p, tmp_path) == _expected([source, reupload])
+        orders_key = incoming_prefix("u1") + f"orders/{old_orders.name}"
+        first, second = (
+            {
+                f["key"]: f["version_id"]
+                for f in p.aws.store.get_json(run_upload_key("u1", run))["files"]
+            }
+            for run in ("u1", nxt)
+        )
+        assert set(second) == {orders_key, incoming_prefix("u1") + "_SUCCESS"}
+        assert first[orders_key] != second[orders_key]
+        # nothing waits in incoming/; archive/ holds the corrected file, and the first one as
+        # its earlier version: no version left without a copy
+        assert p.aws.store.list(incoming_prefix("u1")) == []
+        archived = archive_prefix("u1") + f"orders/{old_orders.name}"
+        s3 = p.aws.client("s3")
+        versions = s3.list_object_versions(Bucket=p.aws.bucket, Prefix=archived)["Versions"]
+        bodies = [
+            s3.get_object(Bucket=p.aws.bucket, Key=archived, VersionId=v["VersionId"])["Body"]
+            for v in versions
+        ]
+        bodies = [body.read() for body in bodies]
+        assert bodies[0] == new_orders
+        assert old_orders.read_bytes() in bodies
+        # the next run's rows carry the time of their upload, not of its announcement by
+        # custody (seconds later, after the KPI job)
+        plan = json.loads(p.sfn.describe_execution(executionArn=p.execution_arn(nxt))["input"])
+        received = datetime.fromisoformat(plan["received_at"].replace("Z", "+00:00"))
+        assert abs(received - runner.uploaded_at) < timedelta(seconds=1)
+        notices = [n["message"] for n in p.aws.notifications()]
+        assert [n["status"] for n in notices] == ["SUCCEEDED", "SUCCEEDED"]
+
+
+def test_a_replay_brings_back_only_what_the_failed_run_archived(spark, tmp_path):
+    """k3 succeeds, k4 corrects its items, a fixed orders file uploaded into k3 again crashes in
+    the KPI job: the replay runs that file alone. Bringing k3's first files back from archive/
+    too would apply them again over k4's corrections."""
+    source = _small_batch(tmp_path, "source", seed=9)
+    corrections = _corrections(
+        source, tmp_path / "c", price="2.22", status="Cancelled", shift_days=1
+    )
+    fix = tmp_path / "fix"
+    (fix / "orders").mkdir(parents=True)
+    (old_orders,) = source.glob("orders/*.csv")
+    lines = old_orders.read_text().splitlines(keepends=True)
+    (fix / "orders" / old_orders.name).write_text("".join(lines[:1] + lines[1::2]))
+    with pipeline(tmp_path) as (p, runner):
+        assert _run(p, source, "k3", tmp_path).status == "SUCCEEDED"
+        assert _run(p, corrections, "k4", tmp_path).status == "SUCCEEDED"
+        runner.kill_next_kpi_job = True
+        assert _run(p, fix, "k3", tmp_path).status == "FAILED"
+        assert _replay(p, "k3", "--wait") == ExitCode.OK
+        assert _tables(p, tmp_path) == _expected([source, corrections, fix])
+        # k3's first files stayed in archive/ all along; nothing waits in incoming/
+        assert set(_objects(p, f"{ARCHIVE}/k3/")) == set(_source_files(source))
+        assert _objects(p, f"{INCOMING}/k3/") == {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import time
 from datetime import date, datetime
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from ecom_pipeline.core.layout import (
     result_key,
 )
 from ecom_pipeline.core.settings import ConfigError, Settings
+from ecom_pipeline.core.upload import Upload
 from ecom_pipeline.local.emulator import LocalAws
 from ecom_pipeline.tasks.kpi_job import KpiPlan, curated_parts_of, write_new_state
+from ecom_pipeline.tasks.validation import BatchFiles, UploadReplacedError
 from ecom_pipeline.transforms.curated import Tables
 from ecom_pipeline.transforms.ingest import (
     HEAD_BYTES,
@@ -344,3 +347,21 @@ def test_curated_partitions_replaced_in_place_under_the_journal(spark, tmp_path,
     }
     assert store.list(CURATED_GENERATIONS) == []
     assert store.get_json_or_none(curated_journal_key()) is None
+
+
+def test_a_file_replaced_after_the_run_was_planned_gets_no_verdict_in_direct_io(tmp_path):
+    """Spark reads objects in place in direct I/O mode, so it cannot read the run's own version
+    of a file replaced meanwhile: validation refuses to read it instead of judging other data."""
+    store = FileStore(tmp_path.as_uri())
+    store.put_bytes("incoming/b/orders.csv", b"a,b\n1,2\n", content_type="text/csv")
+    store.put_bytes("incoming/b/_SUCCESS", b"", content_type="text/plain")
+    upload = Upload("b", "b", "", tuple(store.current_versions("incoming/b/")))
+    batch = BatchFiles(store, "b", tmp_path / "work", direct=True, upload=upload)
+    assert [f.name for f in batch.files("orders")] == ["incoming/b/orders.csv"]
+    batch.check_unchanged(batch.read_keys)  # nothing replaced yet
+    time.sleep(0.01)
+    store.put_bytes("incoming/b/orders.csv", b"a,b\n1,3\n", content_type="text/csv")
+    with pytest.raises(UploadReplacedError, match=r"incoming/b/orders\.csv replaced"):
+        batch.check_unchanged(batch.read_keys)
+    with pytest.raises(UploadReplacedError, match="ecom-pipeline replay b"):
+        BatchFiles(store, "b", tmp_path / "work", direct=True, upload=upload).files("orders")

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -425,6 +426,50 @@ def test_a_batch_uploaded_again_after_its_execution_began_runs_as_the_next_repla
         f"execution b1 exists ({first_status})",
         f"execution b1-replay-1 exists ({replay_status})",
     ]
+
+
+def test_an_upload_while_the_batch_runs_waits_for_the_run_and_then_runs_next(aws, trigger, capsys):
+    """A marker stored while the batch's execution runs is set aside (its event time kept for
+    the next run's rows); once the run has settled its files (custody's mark), the event makes
+    intake wait for the run's end and start the next run, with that event time."""
+    aws.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    upload_batch(aws, "b1", BATCH_FILES)
+    aws.put("incoming/b1/_SUCCESS")
+    assert trigger.handler(s3_event("incoming/b1/_SUCCESS"), FakeContext())["started"] == ["b1"]
+    arn = execution_arn(aws.state_machine_arn, "b1")
+    assert aws.sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"
+
+    time.sleep(1.1)  # S3's LastModified has whole seconds
+    aws.put("incoming/b1/orders/orders_part3.csv", "o")
+    aws.put("incoming/b1/_SUCCESS")
+    event = s3_event("incoming/b1/_SUCCESS")
+    event["Records"][0]["eventTime"] = "2026-12-03T10:00:00.123Z"
+    result = trigger.handler(event, FakeContext())
+    assert result["deferred"] == ["b1"]
+    assert result["started"] == []
+    version = aws.s3.head_object(Bucket=BUCKET, Key="incoming/b1/_SUCCESS")["VersionId"]
+    kept = aws.s3.get_object(Bucket=BUCKET, Key=f"results/b1/runs/b1/deferred/{version}.json")
+    assert json.loads(kept["Body"].read())["event_time"] == "2026-12-03T10:00:00.123Z"
+
+    # custody has settled b1's files; the run ends a moment later
+    aws.put("results/b1/runs/b1/settled.json", "{}")
+    ender = threading.Timer(1.0, aws.sfn.stop_execution, kwargs={"executionArn": arn})
+    ender.start()
+    try:
+        result = trigger.handler(event, FakeContext())
+    finally:
+        ender.join()
+    assert result["started"] == ["b1-replay-1"]
+    assert aws.sfn.describe_execution(executionArn=arn)["status"] != "RUNNING"
+    assert aws.execution_input("b1-replay-1")["received_at"] == "2026-12-03T10:00:00.123Z"
+    upload = json.loads(
+        aws.s3.get_object(Bucket=BUCKET, Key="results/b1/runs/b1-replay-1/upload.json")[
+            "Body"
+        ].read()
+    )
+    assert "incoming/b1/orders/orders_part3.csv" in {f["key"] for f in upload["files"]}
+    # the run's upload is written once: the same event again is a duplicate of the new run
+    assert trigger.handler(event, FakeContext())["duplicates"] == ["b1"]
 
 
 def test_too_large_batch_is_logged_and_raised(aws, trigger, monkeypatch, capsys):

@@ -286,7 +286,11 @@ def test_lambda_role_is_least_privilege(template):
         "logs:CreateLogStream",
         "logs:PutLogEvents",
         "s3:GetObject",
+        "s3:GetObject",
+        "s3:GetObjectVersion",
         "s3:ListBucket",
+        "s3:ListBucketVersions",
+        "s3:PutObject",
         "sns:Publish",
         "sqs:SendMessage",
         "states:DescribeExecution",
@@ -307,10 +311,14 @@ def test_lambda_role_is_least_privilege(template):
     assert template["Parameters"]["MaxBatchBytes"]["Default"] == ""  # tiers' default
     (listing,) = statements_with_action(template, "TriggerRole", "s3:ListBucket")
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["incoming/*"]}}
-    (reading,) = statements_with_action(template, "TriggerRole", "s3:GetObject")
-    assert evaluate(template, reading["Resource"]) == (
-        f"arn:aws:s3:::{bucket_name(template)}/incoming/*"
-    )
+    reading = statements_with_action(template, "TriggerRole", "s3:GetObject")
+    assert sorted(evaluate(template, s["Resource"]) for s in reading) == [
+        f"arn:aws:s3:::{bucket_name(template)}/incoming/*",
+        # each run's upload list, written before its execution starts (core/intake.py)
+        f"arn:aws:s3:::{bucket_name(template)}/results/*/runs/*",
+    ]
+    (writing,) = statements_with_action(template, "TriggerRole", "s3:PutObject")
+    assert evaluate(template, writing["Resource"]).endswith("/results/*/runs/*")
 
 
 def test_state_machine_role_covers_ecs_sync_and_nothing_broader(template):
@@ -353,13 +361,15 @@ def test_state_machine_role_covers_ecs_sync_and_nothing_broader(template):
 
 def _listed(template, role):
     (listing,) = statements_with_action(template, role, "s3:ListBucket")
+    if role != "KpiTaskRole":  # whoever reads a batch lists its files' versions (core.upload)
+        assert "s3:ListBucketVersions" in as_list(listing["Action"])
     return {p.removesuffix("/*") for p in listing["Condition"]["StringLike"]["s3:prefix"]}
 
 
 def _objects(template, role, action):
-    """The bucket prefixes ``action`` is allowed on (``${DataBucket.Arn}/<prefix>/*``)."""
+    """The bucket's top folders ``action`` is allowed in (``${DataBucket.Arn}/<folder>/...``)."""
     return {
-        r["Fn::Sub"].split("/")[-2]
+        r["Fn::Sub"].split("}/", 1)[1].split("/")[0]
         for s in statements_with_action(template, role, action)
         for r in as_list(s["Resource"])
     }
@@ -421,9 +431,16 @@ def test_custody_role_settles_incoming_into_archive_and_rejected_only(template):
     settled = {layout.ARCHIVE, layout.REJECTED}
     assert _listed(template, role) == {layout.INCOMING, layout.RESULTS} | settled
     assert _objects(template, role, "s3:GetObject") == {layout.INCOMING, layout.RESULTS} | settled
-    # incoming/ is never written; an original goes only once its copy is verified, and nothing
-    # settled is ever deleted
-    assert _objects(template, role, "s3:PutObject") == settled
+    # incoming/ is written only to store a version there again (an upload made during the run,
+    # for intake to hear of it); an original goes only once its copy is verified, and nothing
+    # settled is ever deleted; results/: the mark that the run has settled its files
+    assert _objects(template, role, "s3:PutObject") == settled | {layout.INCOMING, layout.RESULTS}
+    (marking,) = [
+        s
+        for s in statements_with_action(template, role, "s3:PutObject")
+        if any("results" in r["Fn::Sub"] for r in as_list(s["Resource"]))
+    ]
+    assert marking["Resource"] == {"Fn::Sub": "${DataBucket.Arn}/results/*/runs/*"}
     assert _objects(template, role, "s3:DeleteObject") == {layout.INCOMING}
     actions = {a for s in role_statements(template, role) for a in as_list(s["Action"])}
     assert not [a for a in actions if not a.startswith("s3:")]

@@ -16,6 +16,7 @@ import mimetypes
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from ecom_pipeline.adapters.aws import AwsSettings, make_client
 from ecom_pipeline.core.aws_errors import NOT_FOUND_CODES, error_code
 from ecom_pipeline.core.layout import is_side_file
 from ecom_pipeline.core.settings import Settings, file_root
+from ecom_pipeline.core.upload import UploadedFile, current_versions
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,9 @@ class Store(Protocol):
 
     def uri(self, key: str) -> str: ...
     def list(self, prefix: str, *, page_size: int | None = None) -> list[StoredObject]: ...
-    def download(self, keys: list[str], local_root: Path) -> list[Path]: ...
+    def download(
+        self, keys: list[str], local_root: Path, *, versions: Mapping[str, str | None] | None = None
+    ) -> list[Path]: ...
     def download_prefix(self, prefix: str, dest: Path, *, page_size: int | None = None) -> Path: ...
     def upload_file(self, path: Path, key: str) -> None: ...
     def upload_dir(
@@ -48,13 +52,18 @@ class Store(Protocol):
     ) -> None: ...
     def delete(self, keys: list[str]) -> None: ...
     def delete_object(self, key: str) -> None: ...
-    def head(self, key: str) -> dict[str, Any] | None: ...
-    def copy(self, source_key: str, dest_key: str) -> None: ...
-    def sha256(self, key: str) -> str: ...
+    def head(self, key: str, *, version_id: str | None = None) -> dict[str, Any] | None: ...
+    def copy(self, source_key: str, dest_key: str, *, version_id: str | None = None) -> None: ...
+    def sha256(self, key: str, *, version_id: str | None = None) -> str: ...
+    def current_versions(self, prefix: str) -> list[UploadedFile]: ...
+    def restore(
+        self, key: str, version_id: str | None, *, metadata: Mapping[str, str] | None = None
+    ) -> None: ...
+    def key_versions(self, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
     def put_json(self, key: str, document: Any) -> None: ...
     def get_json(self, key: str) -> Any: ...
     def get_json_or_none(self, key: str) -> Any: ...
-    def get_bytes(self, key: str) -> bytes: ...
+    def get_bytes(self, key: str, *, version_id: str | None = None) -> bytes: ...
     def get_range(self, key: str, start: int, length: int) -> bytes: ...
 
 
@@ -85,6 +94,11 @@ class BucketStore:
         wheel here has no S3 filesystem: only staged mode works with a bucket outside EMR)."""
         return f"s3://{self.bucket}/{key}"
 
+    @property
+    def client(self) -> Any:
+        """The S3 client, for code that takes one (``core.intake``)."""
+        return self._s3
+
     def close(self) -> None:
         self._s3.close()
 
@@ -99,13 +113,18 @@ class BucketStore:
             objects.extend(StoredObject(o["Key"], o["Size"]) for o in page.get("Contents", []))
         return objects
 
-    def download(self, keys: list[str], local_root: Path) -> list[Path]:
-        """Download keys to local_root/<key>, returning the local paths in the same order."""
+    def download(
+        self, keys: list[str], local_root: Path, *, versions: Mapping[str, str | None] | None = None
+    ) -> list[Path]:
+        """Download keys to local_root/<key>, returning the local paths in the same order; a
+        key given a version in ``versions`` is downloaded in that version."""
         paths = []
         for key in keys:
             path = local_root / PurePosixPath(key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._s3.download_file(self.bucket, key, str(path))
+            version_id = (versions or {}).get(key)
+            extra = {"VersionId": version_id} if version_id else None
+            self._s3.download_file(self.bucket, key, str(path), ExtraArgs=extra)
             paths.append(path)
         return paths
 
@@ -152,23 +171,54 @@ class BucketStore:
                 f"s3://{self.bucket}: {len(failed)} of {len(keys)} objects not deleted: {shown}"
             )
 
-    def head(self, key: str) -> dict[str, Any] | None:
-        """The object's metadata (ContentLength, ETag, ...), or None when there is no such key."""
+    def head(self, key: str, *, version_id: str | None = None) -> dict[str, Any] | None:
+        """The object's metadata (ContentLength, ETag, VersionId, ...), or None when there is
+        no such key (or version; a delete marker on top counts as no object)."""
         try:
-            return self._s3.head_object(Bucket=self.bucket, Key=key)
+            return self._s3.head_object(Bucket=self.bucket, Key=key, **_version(version_id))
         except self._s3.exceptions.ClientError as e:
-            if error_code(e) in NOT_FOUND_CODES:
-                return None
+            if error_code(e) in NOT_FOUND_CODES or error_code(e) == "405":
+                return None  # 405: the version asked for is a delete marker
             raise
 
-    def copy(self, source_key: str, dest_key: str) -> None:
-        """Server-side copy within the bucket; boto3's managed copy uses multipart
-        UploadPartCopy for objects above its threshold, so objects over 5 GB copy too."""
-        self._s3.copy({"Bucket": self.bucket, "Key": source_key}, self.bucket, dest_key)
+    def copy(self, source_key: str, dest_key: str, *, version_id: str | None = None) -> None:
+        """Server-side copy within the bucket (of the version ``version_id``, when given);
+        boto3's managed copy uses multipart UploadPartCopy for objects above its threshold,
+        so objects over 5 GB copy too."""
+        source = {"Bucket": self.bucket, "Key": source_key, **_version(version_id)}
+        self._s3.copy(source, self.bucket, dest_key)
 
-    def sha256(self, key: str) -> str:
+    def restore(
+        self, key: str, version_id: str | None, *, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """Store the version ``version_id`` of ``key`` again as its current object (a new
+        version: nothing is erased, and S3 announces it as a new object), with ``metadata``."""
+        source = {"Bucket": self.bucket, "Key": key, **_version(version_id)}
+        extra = {"MetadataDirective": "REPLACE", "Metadata": dict(metadata)} if metadata else None
+        self._s3.copy(source, self.bucket, key, ExtraArgs=extra)
+
+    def current_versions(self, prefix: str) -> list[UploadedFile]:
+        """Every current object under ``prefix`` with its size, ETag and version id."""
+        pages = self._s3.get_paginator("list_object_versions").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        return current_versions(pages)
+
+    def key_versions(self, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The versions (newest first) and delete markers of exactly ``key``."""
+        versions: list[dict[str, Any]] = []
+        markers: list[dict[str, Any]] = []
+        pages = self._s3.get_paginator("list_object_versions").paginate(
+            Bucket=self.bucket, Prefix=key
+        )
+        for page in pages:
+            versions += [v for v in page.get("Versions", []) if v["Key"] == key]
+            markers += [m for m in page.get("DeleteMarkers", []) if m["Key"] == key]
+        return versions, markers
+
+    def sha256(self, key: str, *, version_id: str | None = None) -> str:
         digest = hashlib.sha256()
-        body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        body = self._s3.get_object(Bucket=self.bucket, Key=key, **_version(version_id))["Body"]
         for chunk in iter(lambda: body.read(1 << 20), b""):
             digest.update(chunk)
         return digest.hexdigest()
@@ -190,8 +240,10 @@ class BucketStore:
     def get_json(self, key: str) -> Any:
         return json.loads(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
-    def get_bytes(self, key: str) -> bytes:
-        return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+    def get_bytes(self, key: str, *, version_id: str | None = None) -> bytes:
+        return self._s3.get_object(Bucket=self.bucket, Key=key, **_version(version_id))[
+            "Body"
+        ].read()
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``start`` (fewer at the end; b"" past it), one ranged GET."""
@@ -247,7 +299,10 @@ class FileStore:
                 objects.append(StoredObject(key, path.stat().st_size))
         return sorted(objects, key=lambda o: o.key.encode("utf-8"))  # S3's order
 
-    def download(self, keys: list[str], local_root: Path) -> list[Path]:
+    def download(
+        self, keys: list[str], local_root: Path, *, versions: Mapping[str, str | None] | None = None
+    ) -> list[Path]:
+        _no_versions(*(versions or {}).values())
         paths = []
         for key in keys:
             path = local_root / PurePosixPath(key)
@@ -303,18 +358,41 @@ class FileStore:
             parent.rmdir()
             parent = parent.parent
 
-    def head(self, key: str) -> dict[str, Any] | None:
-        """ContentLength only: without an ETag, custody compares SHA-256 (custody.verify_copy)."""
+    def head(self, key: str, *, version_id: str | None = None) -> dict[str, Any] | None:
+        """ContentLength and a change tag (size and modification time, standing in for S3's
+        ETag in an upload's list); custody still compares SHA-256 (custody.verify_copy)."""
+        _no_versions(version_id)
         path = self._path(key)
         if not path.is_file():
             return None
-        return {"ContentLength": path.stat().st_size}
+        return {"ContentLength": path.stat().st_size, "ChangeTag": _change_tag(path)}
 
-    def copy(self, source_key: str, dest_key: str) -> None:
+    def copy(self, source_key: str, dest_key: str, *, version_id: str | None = None) -> None:
+        _no_versions(version_id)
         with self._existing(source_key).open("rb") as source:
             self._write(dest_key, lambda out: shutil.copyfileobj(source, out))
 
-    def sha256(self, key: str) -> str:
+    def current_versions(self, prefix: str) -> list[UploadedFile]:
+        """Every file under ``prefix``: a directory keeps one version of each (no version id)."""
+        return [
+            UploadedFile(o.key, o.size, _change_tag(self._path(o.key)), None)
+            for o in self.list(prefix)
+        ]
+
+    def restore(
+        self, key: str, version_id: str | None, *, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """Nothing to do: a directory's file is its one version, and keeps no metadata."""
+        del metadata
+        _no_versions(version_id)
+        self._existing(key)
+
+    def key_versions(self, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        del key  # a directory keeps no older versions and no delete markers
+        return [], []
+
+    def sha256(self, key: str, *, version_id: str | None = None) -> str:
+        _no_versions(version_id)
         digest = hashlib.sha256()
         with self._existing(key).open("rb") as body:
             for chunk in iter(lambda: body.read(1 << 20), b""):
@@ -327,7 +405,8 @@ class FileStore:
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, *, version_id: str | None = None) -> bytes:
+        _no_versions(version_id)
         return self._existing(key).read_bytes()
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
@@ -344,6 +423,20 @@ class FileStore:
         if not path.is_file():
             raise FileNotFoundError(f"no object {key!r} in {self.uri('')}")
         return path
+
+
+def _version(version_id: str | None) -> dict[str, str]:
+    return {"VersionId": version_id} if version_id else {}
+
+
+def _no_versions(*version_ids: str | None) -> None:
+    if any(version_ids):
+        raise ValueError("a directory store keeps one version of each file: no version ids")
+
+
+def _change_tag(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def _upload_dir(store: Store, local_dir: Path, prefix: str, *, skip_hidden: bool) -> list[str]:

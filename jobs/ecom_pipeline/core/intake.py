@@ -8,6 +8,12 @@ covers the execution having finished or the plan having changed. A marker stored
 batch's last execution began is a new upload of the batch, not a repeated event: it starts the
 next replay execution (``<name>-replay-<n>``, as ``ecom-pipeline replay`` names them).
 
+Each run takes exactly the file versions intake listed when it planned the run (stored as the
+run's upload, ``core.upload``). A marker stored while an execution of the batch is *running* is
+an upload that run does not take: once the run has settled its own files, its custody stores
+the marker again, and that event (or the first one, when custody had settled already) starts
+the next run here as soon as the running one has ended. Nothing uploaded is left without a run.
+
 A batch above the maximum size, one holding nothing but its marker, one whose folder name Spark
 would read as a pattern, or one whose manifest.json cannot be planned is refused before anything
 starts: no execution, a FAILED notice (stage "intake") naming the batch and why, and the
@@ -21,17 +27,20 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ecom_pipeline.core import planning
 from ecom_pipeline.core.aws_errors import NOT_FOUND_CODES, error_code
+from ecom_pipeline.core.layout import deferred_marker_key, run_settled_key, run_upload_key
 from ecom_pipeline.core.planning import (
     BATCH_ID_RULE,
     EMPTY_BATCH_RULE,
     MANIFEST_MARKER,
+    UPLOADED_AT_METADATA,
     BatchIdError,
     EmptyBatchError,
     ManifestError,
@@ -46,6 +55,7 @@ from ecom_pipeline.core.planning import (
 )
 from ecom_pipeline.core.settings import TriggerSettings
 from ecom_pipeline.core.tiers import BatchTooLargeError
+from ecom_pipeline.core.upload import Upload, current_versions
 
 SUBJECT_LIMIT = 100  # SNS subjects hold at most 100 characters
 
@@ -68,6 +78,7 @@ class Intake:
         duplicates: list[str] = []
         ignored: list[str] = []
         refused: list[str] = []
+        deferred: list[str] = []
         first_error: Exception | None = None
         for record in records:
             batch_id, reason = classify_key(record.key, self.settings.incoming_prefix)
@@ -106,7 +117,10 @@ class Intake:
                 )
                 first_error = first_error or error
                 continue
-            if outcome == "started":
+            if outcome == "deferred":
+                self.log.info("deferred", extra={"reason": detail["reason"], **fields})
+                deferred.append(name)
+            elif outcome == "started":
                 fields["execution_name"] = detail.pop("execution_name")
                 self.log.info("started", extra={**fields, **detail})
                 started.append(fields["execution_name"])
@@ -117,6 +131,8 @@ class Intake:
         result = {"started": started, "duplicates": duplicates, "ignored": ignored}
         if refused:
             result["refused"] = refused
+        if deferred:
+            result["deferred"] = deferred
         self.log.info("done", extra={k: len(v) for k, v in result.items()})
         if first_error is not None:
             raise first_error
@@ -125,40 +141,56 @@ class Intake:
     def _start_batch(
         self, record: S3ObjectEvent, batch_id: str, name: str
     ) -> tuple[str, dict[str, Any]]:
-        """("started", details) or ("duplicate", {"reason": ...})."""
+        """("started", details), ("duplicate", {"reason": ...}) or ("deferred", {"reason": ...})."""
         arn = self.settings.state_machine_arn
         previous = batch_executions(self.sfn, arn, batch_id)
         if previous:
             last, status = previous[-1]
-            if status == "RUNNING":
-                return "duplicate", {"reason": f"execution {last} is running"}
             started = self.sfn.describe_execution(executionArn=execution_arn(arn, last))[
                 "startDate"
             ]
-            uploaded = self._last_modified(record.bucket, record.key)
-            if uploaded is None or uploaded <= started:
+            uploaded = self._stored(record.bucket, record.key)
+            if uploaded is None or uploaded["LastModified"] <= started:
                 # the event of the marker that started it, delivered again (or the marker has
                 # been settled into archive/ or rejected/ since)
                 return "duplicate", {"reason": f"execution {last} exists ({status})"}
+            if status == "RUNNING":
+                # Uploaded again while `last` runs: `last` takes only the file versions it
+                # listed, so the new upload waits in incoming/. Until `last` has settled its
+                # files, its custody will store the marker again (a new event, back here);
+                # after that (custody may have looked before this upload landed), the next
+                # run starts here once `last` has ended.
+                if not self._settled(record.bucket, batch_id, last):
+                    self._remember_event_time(record, batch_id, last, uploaded)
+                    return "deferred", {
+                        "reason": f"uploaded again while execution {last} runs: the next run "
+                        f"starts when {last} has settled its own files"
+                    }
+                self._wait_until_ended(execution_arn(arn, last))
+                return self._start_batch(record, batch_id, name)
             # The batch was uploaded again after its last execution began: run it again, as
             # `ecom-pipeline replay` would (identical rows change nothing; corrections apply),
             # so no upload is left in incoming/ without an execution and a notice.
             name = replay_execution_name(batch_id, len(previous))
 
         folder = batch_prefix(batch_id, self.settings.incoming_prefix)
-        objects = []
-        pages = self.s3.get_paginator("list_objects_v2").paginate(
+        pages = self.s3.get_paginator("list_object_versions").paginate(
             Bucket=record.bucket, Prefix=folder
         )
-        for page in pages:
-            objects.extend((o["Key"], o["Size"]) for o in page.get("Contents", []))
+        files = current_versions(pages)
+        objects = [(f.key, f.size) for f in files]
         # A folder with a manifest is the files it lists, whichever marker arrived: validation
         # and replay read the folder the same way.
         manifest_files = None
-        manifest_key = folder + MANIFEST_MARKER
-        if any(key == manifest_key for key, _ in objects):
-            body = self.s3.get_object(Bucket=record.bucket, Key=manifest_key)["Body"].read()
+        manifest = next((f for f in files if f.key == folder + MANIFEST_MARKER), None)
+        if manifest is not None:
+            body = self.s3.get_object(
+                Bucket=record.bucket, Key=manifest.key, **_version(manifest.version_id)
+            )["Body"].read()
             manifest_files = read_manifest(body.decode("utf-8-sig"))
+        marker = self._stored(record.bucket, record.key) if previous else None
+        # an upload made during a run and announced again by its custody keeps its own time
+        received_at = ((marker or {}).get("Metadata") or {}).get(UPLOADED_AT_METADATA)
         # looked up on the module, so a test can give the plan other sizes
         plan = planning.plan_execution(
             record.bucket,
@@ -166,10 +198,25 @@ class Intake:
             objects,
             manifest_files=manifest_files,
             incoming_prefix=self.settings.incoming_prefix,
-            received_at=record.event_time,
+            received_at=received_at or record.event_time,
             max_batch_bytes=self.settings.max_batch_bytes,
             kpi_retry_wait_s=self.settings.kpi_retry_wait_s,
         )
+        upload = Upload(batch_id, name, _now(), tuple(files))
+        try:
+            # the run's exact file versions, written once: a second intake racing for the same
+            # execution name must not replace the list the first one started with
+            self.s3.put_object(
+                Bucket=record.bucket,
+                Key=run_upload_key(batch_id, name),
+                Body=json.dumps(upload.as_document()).encode("utf-8"),
+                ContentType="application/json",
+                IfNoneMatch="*",
+            )
+        except Exception as error:
+            if error_code(error) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return "duplicate", {"reason": f"execution {name} is being started already"}
+            raise
         try:
             response = self.sfn.start_execution(
                 stateMachineArn=arn, name=name, input=json.dumps(plan)
@@ -184,12 +231,42 @@ class Intake:
             "route": plan["route"],
             "tier": plan["tier"]["name"],
             "total_bytes": plan["total_bytes"],
+            "files": len(files),
         }
 
-    def _last_modified(self, bucket: str, key: str) -> datetime | None:
-        """When the object was stored, or None when it is gone."""
+    def _remember_event_time(
+        self, record: S3ObjectEvent, batch_id: str, run: str, marker: dict[str, Any]
+    ) -> None:
+        """Keep the deferred marker's event time for its run: S3 gives it to the millisecond,
+        the marker's LastModified only to the second (too coarse to order two uploads)."""
+        version = marker.get("VersionId")
+        if not version or not record.event_time:
+            return
+        self.s3.put_object(
+            Bucket=record.bucket,
+            Key=deferred_marker_key(batch_id, run, version),
+            Body=json.dumps({"key": record.key, "event_time": record.event_time}).encode(),
+            ContentType="application/json",
+        )
+
+    def _settled(self, bucket: str, batch_id: str, run: str) -> bool:
+        return self._stored(bucket, run_settled_key(batch_id, run)) is not None
+
+    def _wait_until_ended(self, arn: str) -> None:
+        """Poll the execution until it ends; past the wait, raise (Lambda retries the event)."""
+        deadline = time.monotonic() + self.settings.end_wait_s
+        while self.sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"execution {arn} has settled its files but still runs after "
+                    f"{self.settings.end_wait_s} s: the event is retried"
+                )
+            time.sleep(1)
+
+    def _stored(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """The object's HeadObject answer (LastModified, Metadata), or None when it is gone."""
         try:
-            return self.s3.head_object(Bucket=bucket, Key=key)["LastModified"]
+            return self.s3.head_object(Bucket=bucket, Key=key)
         except Exception as error:
             if error_code(error) in NOT_FOUND_CODES:
                 return None
@@ -218,3 +295,11 @@ class Intake:
             Subject=f"ecom-pipeline FAILED: batch {batch_id}"[:SUBJECT_LIMIT],
             Message=json.dumps(notice),
         )
+
+
+def _version(version_id: str | None) -> dict[str, str]:
+    return {"VersionId": version_id} if version_id else {}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

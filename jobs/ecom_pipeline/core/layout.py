@@ -81,6 +81,23 @@ def kpi_result_key(batch_id: str) -> str:
     return f"{RESULTS}/{batch_id}/kpis.json"
 
 
+def run_upload_key(batch_id: str, run_id: str) -> str:
+    """The exact file versions one run of a batch takes (``core.upload.Upload``)."""
+    return f"{RESULTS}/{batch_id}/runs/{run_id}/upload.json"
+
+
+def run_settled_key(batch_id: str, run_id: str) -> str:
+    """Written by custody before it looks for a newer upload of the batch: from then on, intake
+    leaves a newer upload to the run's end instead of to its custody (see core.intake)."""
+    return f"{RESULTS}/{batch_id}/runs/{run_id}/settled.json"
+
+
+def deferred_marker_key(batch_id: str, run_id: str, version_id: str) -> str:
+    """When intake heard of a marker stored while the run went on (its event time): the time
+    the next run's rows carry, once custody has announced the marker again."""
+    return f"{RESULTS}/{batch_id}/runs/{run_id}/deferred/{version_id}.json"
+
+
 def reason_history_key(batch_id: str, execution_name: str) -> str:
     """Where a replay keeps a rejected batch's _reason.json once its files went back."""
     return f"{RESULTS}/{batch_id}/rejections/{execution_name}.json"

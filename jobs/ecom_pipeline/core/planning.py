@@ -25,6 +25,9 @@ DEFAULT_INCOMING_PREFIX = f"{INCOMING}/"
 SUCCESS_MARKER = "_SUCCESS"
 MANIFEST_MARKER = "manifest.json"
 MARKERS = (SUCCESS_MARKER, MANIFEST_MARKER)
+# A marker stored again by custody for an upload made during a run (tasks/custody.py) keeps
+# when it was first stored here (S3 user metadata): the upload's time, its rows' version.
+UPLOADED_AT_METADATA = "uploaded-at"
 # The rule a batch breaks when a file's name fits no dataset (it would be silently left out).
 INTAKE_RULE = "file name fits a dataset"
 # How long the state machine waits before retrying a KPI task that exited 4 (a lock held too

@@ -368,6 +368,9 @@ class TriggerSettings:
     topic_arn: str | None = None
     max_batch_bytes: int = field(default_factory=default_max_batch_bytes)
     kpi_retry_wait_s: int = KPI_RETRY_WAIT_S
+    # How long intake waits for a run that has settled its files to end (its last state is a
+    # notice), within the Lambda's 60 s timeout; past it the event is retried.
+    end_wait_s: float = 40.0
 
     @classmethod
     def from_env(

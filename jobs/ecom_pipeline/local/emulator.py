@@ -49,12 +49,17 @@ from ecom_pipeline.core.contract import (
     ORDER_TABLE,
     index_attributes,
 )
+from ecom_pipeline.core.layout import INCOMING
+from ecom_pipeline.core.planning import MARKERS
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUCKET = "ecom-pipeline-local"
 TOPIC_NAME = "ecom-pipeline-notifications"
 QUEUE_NAME = "ecom-pipeline-notifications-inbox"
+# The bucket's marker events, as infra/template.yaml sends them to the trigger Lambda: here they
+# wait in a queue until the local pipeline hands them to the handler (LocalPipeline).
+MARKER_EVENTS_QUEUE = "ecom-pipeline-marker-events"
 EXPORT_FILES: dict[str, str] = {
     CATEGORY_TABLE: "category_kpis.jsonl",
     ORDER_TABLE: "order_kpis.jsonl",
@@ -168,6 +173,7 @@ class LocalAws:
         self.settings: AwsSettings | None = None
         self.topic_arn: str | None = None
         self.queue_url: str | None = None
+        self.marker_queue_url: str | None = None
 
     # -- lifecycle --
 
@@ -211,6 +217,8 @@ class LocalAws:
                 Bucket=self.bucket,
                 CreateBucketConfiguration={"LocationConstraint": self.region},
             )
+        # versioned as infra/template.yaml makes it: a run takes and moves exact versions
+        s3.put_bucket_versioning(Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
         dynamodb = self.client("dynamodb")
         for definition in table_definitions():
             dynamodb.create_table(**definition)
@@ -226,6 +234,31 @@ class LocalAws:
             "Attributes"
         ]["QueueArn"]
         self.client("sns").subscribe(TopicArn=self.topic_arn, Protocol="sqs", Endpoint=queue_arn)
+        self.marker_queue_url = sqs.create_queue(QueueName=MARKER_EVENTS_QUEUE)["QueueUrl"]
+        marker_queue_arn = sqs.get_queue_attributes(
+            QueueUrl=self.marker_queue_url, AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+        s3.put_bucket_notification_configuration(
+            Bucket=self.bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "QueueArn": marker_queue_arn,
+                        "Events": ["s3:ObjectCreated:*"],
+                        "Filter": {
+                            "Key": {
+                                "FilterRules": [
+                                    {"Name": "prefix", "Value": f"{INCOMING}/"},
+                                    {"Name": "suffix", "Value": marker},
+                                ]
+                            }
+                        },
+                    }
+                    for marker in MARKERS
+                ]
+            },
+        )
+        self._drain(self.marker_queue_url)  # S3's test event
         logger.info("local AWS at %s (bucket %s)", self.endpoint_url, self.bucket)
 
     def _stop(self) -> None:
@@ -332,28 +365,41 @@ class LocalAws:
 
     # -- Notifications --
 
+    def marker_events(self) -> list[dict[str, Any]]:
+        """The S3 events of markers stored since the last call (each an S3 notification, as
+        the trigger Lambda receives it), oldest first."""
+        return [
+            event
+            for body in self._drain(self.marker_queue_url)
+            if "Records" in (event := json.loads(body))
+        ]
+
+    def _drain(self, queue_url: str | None) -> list[str]:
+        """Every message body waiting in the queue, which is left empty."""
+        sqs = self.client("sqs")
+        bodies: list[str] = []
+        while True:
+            messages = sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            ).get("Messages", [])
+            if not messages:
+                return bodies
+            bodies += [m["Body"] for m in messages]
+            sqs.delete_message_batch(
+                QueueUrl=queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(messages)
+                ],
+            )
+
     def notifications(self) -> list[dict[str, Any]]:
         """Every notice published to the topic so far, oldest first.
 
         Each is ``{"subject": ..., "message": ...}``; the message is parsed when it is JSON. The
         queue is drained, and what was drained is kept, so later calls return earlier notices too.
         """
-        sqs = self.client("sqs")
-        while True:
-            messages = sqs.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-            ).get("Messages", [])
-            if not messages:
-                break
-            for message in messages:
-                self._notices.append(_notice(message["Body"]))
-            sqs.delete_message_batch(
-                QueueUrl=self.queue_url,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                    for i, m in enumerate(messages)
-                ],
-            )
+        self._notices += [_notice(body) for body in self._drain(self.queue_url)]
         return [dict(notice) for notice in self._notices]
 
     def export_notifications(self, path: Path) -> int:

@@ -42,7 +42,7 @@ from ecom_pipeline.core.layout import (
     kpi_result_key,
     result_key,
 )
-from ecom_pipeline.core.planning import KPI_RETRY_WAIT_ENV, KPI_RETRY_WAIT_S
+from ecom_pipeline.core.planning import KPI_RETRY_WAIT_ENV, KPI_RETRY_WAIT_S, batch_id_problem
 from ecom_pipeline.core.settings import ConfigError, Settings
 from ecom_pipeline.core.tiers import TIERS
 from ecom_pipeline.lambda_fn import trigger
@@ -170,9 +170,18 @@ def export_problem(out_dir: Path) -> str | None:
     return None
 
 
-def argument_problems(batch_dirs: Sequence[Path], out_dir: Path) -> list[str]:
+def argument_problems(
+    batch_dirs: Sequence[Path], out_dir: Path, *, batch_id: Sequence[str] | None = None
+) -> list[str]:
     """Every reason run-local cannot start with these arguments, one line each."""
     problems = [problem for problem in map(folder_problem, batch_dirs) if problem]
+    given = list(batch_id or [])
+    if len(given) not in (0, 1, len(batch_dirs)):
+        problems.append(
+            f"--batch-id given {len(given)} times for {len(batch_dirs)} folders: give it once "
+            "(every folder into that batch) or once per folder"
+        )
+    problems += [f"--batch-id: {p}" for p in map(batch_id_problem, dict.fromkeys(given)) if p]
     export = export_problem(out_dir)
     if export:
         problems.append(export)
@@ -325,6 +334,7 @@ class LocalPipeline:
             },
         )
         self.sfn = aws.client("stepfunctions")
+        self.started_meanwhile: list[str] = []
         self.state_machine_arn = self.sfn.create_state_machine(
             name=STATE_MACHINE_NAME,
             definition=definition,
@@ -362,11 +372,30 @@ class LocalPipeline:
                     with log_file.open("a", encoding="utf-8") as handle:
                         handle.write(output.getvalue())
 
-    def wait(self, execution_arn: str, timeout_s: float = EXECUTION_TIMEOUT_S) -> dict[str, Any]:
+    def deliver_marker_events(self, log_file: Path | None = None) -> dict[str, list[str]]:
+        """Hand every marker event the bucket sent since the last call to the Lambda handler,
+        as S3's notification would; returns the handler's answers merged."""
+        merged: dict[str, list[str]] = {}
+        for event in self.aws.marker_events():
+            for outcome, names in self.deliver(event, log_file).items():
+                merged.setdefault(outcome, []).extend(names)
+        return merged
+
+    def wait(
+        self,
+        execution_arn: str,
+        timeout_s: float = EXECUTION_TIMEOUT_S,
+        log_file: Path | None = None,
+    ) -> dict[str, Any]:
+        """Wait for the execution to end. Marker events the bucket sends meanwhile (an upload
+        into the running batch, announced again by its custody) reach the Lambda as they would
+        on AWS; the runs they start are in ``started_meanwhile``."""
         deadline = time.monotonic() + timeout_s
         while True:
+            self.started_meanwhile += self.deliver_marker_events(log_file).get("started", [])
             description = self.sfn.describe_execution(executionArn=execution_arn)
             if description["status"] != "RUNNING":
+                self.started_meanwhile += self.deliver_marker_events(log_file).get("started", [])
                 return description
             if time.monotonic() > deadline:
                 raise TimeoutError(f"execution {execution_arn} still running after {timeout_s}s")
@@ -392,7 +421,7 @@ def run_batch(
     if places is not None:
         places[batch_id] = folder
     files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
-    marker = pipeline.upload(folder, batch_id)
+    pipeline.upload(folder, batch_id)
     progress(
         f"  uploaded {len(files)} file{'s' * (len(files) != 1)}, "
         f"{_size(sum(p.stat().st_size for p in files))} ({time.perf_counter() - started:.1f} s)"
@@ -404,24 +433,35 @@ def run_batch(
         )
 
     try:
-        result = pipeline.deliver(s3_event(pipeline.aws.bucket, marker, 0), log_file)
+        result = pipeline.deliver_marker_events(log_file)
     except Exception as e:  # the Lambda failed: nothing started (AWS would retry it)
         progress(f"  the trigger failed, nothing started: {e}")
         return outcome("NOT_STARTED", error=f"{type(e).__name__}: {e}")
-    if result["duplicates"]:
+    # (a folder holding its own marker sends two events: the second finds the run started)
+    if not result.get("started") and result.get("duplicates"):
         progress("  an execution for this batch exists already: nothing started")
         return outcome("DUPLICATE")
-    if not result["started"]:
+    if not result.get("started") and result.get("deferred"):
+        progress("  a run of this batch is going on: this upload runs when it has ended")
+        return outcome("DEFERRED")
+    if not result.get("started"):
         notice = _notice_of(pipeline, batch_id)
         _report(progress, notice, folder, batch_id)
         return outcome("NOT_STARTED", notice=notice, error=(notice or {}).get("error"))
-    name = result["started"][0]
-    execution_arn = pipeline.execution_arn(name)
+    names = [result["started"][0]]
     # moto's interpreter runs the Parallel branches' tasks one at a time here (one JVM)
-    progress(f"  execution {name} started: each dataset validated, then the KPIs")
-    description = pipeline.wait(execution_arn)
-    notice = _notice_of(pipeline, batch_id)
-    _report(progress, notice, folder, batch_id)
+    progress(f"  execution {names[0]} started: each dataset validated, then the KPIs")
+    while True:
+        execution_arn = pipeline.execution_arn(names[-1])
+        description = pipeline.wait(execution_arn, log_file=log_file)
+        notice = _notice_of(pipeline, batch_id)
+        _report(progress, notice, folder, batch_id)
+        # the batch was uploaded again while it ran: that upload's run follows
+        following = [n for n in pipeline.started_meanwhile if n not in names]
+        if not following:
+            break
+        names.append(following[0])
+        progress(f"  uploaded again during the run: execution {names[-1]} started")
     return outcome(
         description["status"],
         notice=notice,
@@ -602,13 +642,16 @@ def run_local(
     *,
     runner: TaskRunner,
     progress: Progress = _stderr,
+    batch_id: Sequence[str] | None = None,
 ) -> RunSummary:
     """Run each batch in order, then export the tables, notices and Data Docs to out_dir.
     ``runner`` runs each ECS task's command (``InProcessRunner(cli.main)``: in this process).
+    ``batch_id`` names the batch of every folder (one id) or of each (one per folder); an id
+    that comes again is an upload into that batch after its run: the batch's next run.
 
     Every argument is checked before anything starts: :class:`RunArgumentsError` lists each
     problem (see :func:`argument_problems`)."""
-    problems = argument_problems(batch_dirs, out_dir)
+    problems = argument_problems(batch_dirs, out_dir, batch_id=batch_id)
     if problems:
         raise RunArgumentsError(problems)
     run_started = time.perf_counter()
@@ -618,7 +661,12 @@ def run_local(
     logs.configure(path=log_file)
     progress(f"JSON logs: {log_file}")
     summary = RunSummary(out_dir=out_dir)
-    ids = batch_ids(batch_dirs)
+    if not batch_id:
+        ids = batch_ids(batch_dirs)
+    elif len(batch_id) == 1:
+        ids = list(batch_id) * len(batch_dirs)
+    else:
+        ids = list(batch_id)
     clock = time.perf_counter()
     with LocalAws() as aws:
         reporter = _TaskReporter(runner, aws.store, progress, log_file)

@@ -5,8 +5,9 @@ needs another name: ``<name>-replay-<n>``, the next free n (deterministic: the s
 gives the same name, and two replays racing for it cannot both start). Before starting, the
 batch's files are gathered back into ``incoming/<batch>/`` from wherever its last run left
 them: ``rejected/<batch>/`` (after the user fixed them there) and, when an archive was
-interrupted, ``archive/<batch>/``. A file already in ``incoming/`` wins (the user uploaded a
-fixed one there) and the other copy stays where it is. The rejected batch's ``_reason.json``
+interrupted, what that run moved into ``archive/<batch>/`` (not what earlier runs archived).
+A file already in ``incoming/`` wins (the user uploaded a fixed one there) and the other copy
+stays where it is. The rejected batch's ``_reason.json``
 goes to ``results/<batch>/rejections/<execution name>.json``.
 
 Refused (nothing changes): an unsafe batch id, a batch with no execution and no files
@@ -30,6 +31,7 @@ from ecom_pipeline.core.layout import (
     incoming_prefix,
     reason_history_key,
     rejected_prefix,
+    run_upload_key,
 )
 from ecom_pipeline.core.planning import (
     KPI_RETRY_WAIT_S,
@@ -43,6 +45,7 @@ from ecom_pipeline.core.planning import (
     read_manifest,
     replay_execution_name,
 )
+from ecom_pipeline.core.upload import Upload
 from ecom_pipeline.tasks.custody import move_objects
 
 log = logging.getLogger(__name__)
@@ -65,11 +68,29 @@ class ReplayResult:
         return self.__dict__.copy()
 
 
-def _restore(store: BucketStore, batch_id: str, result: ReplayResult) -> None:
+def _restore(
+    store: BucketStore, batch_id: str, result: ReplayResult, last_started: datetime | None
+) -> None:
+    """Gather the batch's files back into incoming/: all of rejected/ (the user may have fixed
+    them there), and of archive/ only what the last run moved there before it failed (an
+    interrupted archive). What earlier, successful runs archived stays: their rows are applied,
+    and bringing them back would apply them again over later corrections."""
     target = incoming_prefix(batch_id)
     rejected = rejected_prefix(batch_id)
-    for source in (rejected, archive_prefix(batch_id)):
-        report = move_objects(store, source, target, exclude=(REASON_FILE,), keep_existing=True)
+    archive = archive_prefix(batch_id)
+    archived = [
+        f
+        for f in store.current_versions(archive)
+        if last_started is not None and _not_before(f.stored_at, last_started)
+    ]
+    sources = (
+        (rejected, None),
+        (archive, Upload(batch_id, result.execution_name, "", tuple(archived))),
+    )
+    for source, only in sources:
+        report = move_objects(
+            store, source, target, exclude=(REASON_FILE,), keep_existing=True, upload=only
+        )
         result.restored.extend(report.moved)
         result.kept.extend(report.kept)
     reason = store.get_json_or_none(rejected + REASON_FILE)
@@ -78,6 +99,15 @@ def _restore(store: BucketStore, batch_id: str, result: ReplayResult) -> None:
         history = reason_history_key(batch_id, old_execution)
         store.copy(rejected + REASON_FILE, history)
         store.delete_object(rejected + REASON_FILE)
+
+
+def _not_before(stored_at: str, moment: datetime) -> bool:
+    """Whether an object stored at ``stored_at`` (ISO 8601) was stored at or after ``moment``,
+    to the second (S3 keeps LastModified to the second)."""
+    if not stored_at:
+        return False
+    stored = datetime.fromisoformat(stored_at.replace("Z", "+00:00"))
+    return stored >= moment.replace(microsecond=0)
 
 
 def _uploaded_at(sfn: Any, state_machine_arn: str, previous: list[tuple[str, str]]) -> str:
@@ -129,13 +159,22 @@ def replay_batch(
 
     name = replay_execution_name(batch_id, len(previous)) if previous else execution_name(batch_id)
     result = ReplayResult(batch_id, name, execution_arn(state_machine_arn, name), previous=previous)
-    _restore(store, batch_id, result)
+    last_started = (
+        sfn.describe_execution(executionArn=execution_arn(state_machine_arn, previous[-1][0]))[
+            "startDate"
+        ]
+        if previous
+        else None
+    )
+    _restore(store, batch_id, result, last_started)
     folder = incoming_prefix(batch_id)
-    objects = [(o.key, o.size) for o in store.list(folder)]
+    files = store.current_versions(folder)
+    objects = [(f.key, f.size) for f in files]
     manifest_files = None
-    if any(key == folder + MANIFEST_MARKER for key, _ in objects):
-        manifest = store.get_bytes(folder + MANIFEST_MARKER)
-        manifest_files = read_manifest(manifest.decode("utf-8-sig"))
+    manifest = next((f for f in files if f.key == folder + MANIFEST_MARKER), None)
+    if manifest is not None:
+        body = store.get_bytes(manifest.key, version_id=manifest.version_id)
+        manifest_files = read_manifest(body.decode("utf-8-sig"))
     try:
         plan = plan_execution(
             store.bucket,
@@ -151,6 +190,12 @@ def replay_batch(
         )
     except EmptyBatchError as e:
         raise ReplayRefusedError(str(e)) from e
+    # the replay takes exactly the versions listed here (core.upload), as intake's runs do
+    listed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    store.put_json(
+        run_upload_key(batch_id, name),
+        Upload(batch_id, name, listed_at, tuple(files)).as_document(),
+    )
     try:
         sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(plan))
     except sfn.exceptions.ExecutionAlreadyExists as e:

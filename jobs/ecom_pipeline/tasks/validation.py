@@ -31,10 +31,12 @@ from ecom_pipeline.core.layout import (
     data_docs_prefix,
     incoming_prefix,
     result_key,
+    run_upload_key,
     staging_prefix,
 )
 from ecom_pipeline.core.planning import MANIFEST_MARKER, read_manifest
 from ecom_pipeline.core.settings import Settings
+from ecom_pipeline.core.upload import Upload, UploadedFile
 from ecom_pipeline.transforms.curated import empty_as_local
 from ecom_pipeline.transforms.ingest import (
     HEAD_BYTES,
@@ -223,10 +225,21 @@ def read_checkable(spark: SparkSession, dataset: Dataset, files: list[DataFile])
 
 class BatchFiles:
     """The batch's files in the store, grouped by dataset: downloaded on demand (staged), or,
-    with ``direct``, named by their URIs with their first bytes read through the store."""
+    with ``direct``, named by their URIs with their first bytes read through the store.
+
+    With the run's ``upload`` (``core.upload``, listed by intake when it planned the run), the
+    files are exactly its versions: a file uploaded or replaced since is not this run's.
+    Without one (a job started by hand), the folder as it is now.
+    """
 
     def __init__(
-        self, store: Store, batch_id: str, local_root: Path, *, direct: bool = False
+        self,
+        store: Store,
+        batch_id: str,
+        local_root: Path,
+        *,
+        direct: bool = False,
+        upload: Upload | None = None,
     ) -> None:
         self.store = store
         self.batch_id = batch_id
@@ -235,14 +248,17 @@ class BatchFiles:
         self.by_dataset: dict[str, list[str]] = {}
         self.sizes: dict[str, int] = {}
         self.unrecognised: list[str] = []
+        self.read_keys: list[str] = []
         prefix = incoming_prefix(batch_id)
-        listing = store.list(prefix)
+        listing = list(upload.files) if upload is not None else store.current_versions(prefix)
+        self.versions: dict[str, UploadedFile] = {f.key: f for f in listing}
         # A folder with a manifest is exactly the files it lists (as the plan took them): a
         # file beside them is neither checked nor a reference for the listed ones.
         listed: set[str] | None = None
-        if any(stored.key == prefix + MANIFEST_MARKER for stored in listing):
-            body = store.get_bytes(prefix + MANIFEST_MARKER).decode("utf-8-sig")
-            listed = set(read_manifest(body))
+        manifest = self.versions.get(prefix + MANIFEST_MARKER)
+        if manifest is not None:
+            body = store.get_bytes(manifest.key, version_id=manifest.version_id)
+            listed = set(read_manifest(body.decode("utf-8-sig")))
         for stored in listing:
             self.sizes[stored.key] = stored.size
             relative = stored.key[len(prefix) :]
@@ -258,7 +274,10 @@ class BatchFiles:
 
     def files(self, dataset: str) -> list[DataFile]:
         keys = sorted(self.by_dataset.get(dataset, []))
+        self.read_keys += keys
         if self.direct:
+            # Spark reads the current objects: each must still be this run's version
+            self.check_unchanged(keys)
             return [
                 DataFile(
                     None,
@@ -269,8 +288,27 @@ class BatchFiles:
                 )
                 for key in keys
             ]
-        paths = self.store.download(keys, self.local_root)
+        versions = {key: self.versions[key].version_id for key in keys}
+        paths = self.store.download(keys, self.local_root, versions=versions)
         return [DataFile(path, key) for path, key in zip(paths, keys, strict=True)]
+
+    def check_unchanged(self, keys: list[str]) -> None:
+        """Raise UploadReplacedError when a file is no longer the version this run takes."""
+        replaced = [
+            key
+            for key in keys
+            if (head := self.store.head(key)) is None or not self.versions[key].is_version_of(head)
+        ]
+        if replaced:
+            raise UploadReplacedError(
+                f"batch {self.batch_id}: {', '.join(replaced)} replaced or removed since this "
+                "run was planned (Spark reads the objects in place): no verdict; the files stay "
+                f"in incoming/ for `ecom-pipeline replay {self.batch_id}`"
+            )
+
+
+class UploadReplacedError(RuntimeError):
+    """A file Spark reads in place changed during the run (direct I/O): no verdict on it."""
 
 
 @dataclass
@@ -383,7 +421,14 @@ def validate_dataset(
     store = open_store(config)
     work = config.work_dir / "validate" / batch_id / dataset_name
     shutil.rmtree(work, ignore_errors=True)
-    batch = BatchFiles(store, batch_id, work / "s3", direct=config.direct_io)
+    planned = store.get_json_or_none(run_upload_key(batch_id, config.run_id))
+    batch = BatchFiles(
+        store,
+        batch_id,
+        work / "s3",
+        direct=config.direct_io,
+        upload=Upload.from_document(planned) if planned is not None else None,
+    )
     files = batch.files(dataset_name)
     if not files:
         raise ValueError(
@@ -400,6 +445,8 @@ def validate_dataset(
         if config.direct_io
         else None,
     )
+    if config.direct_io:  # Spark has read every file now: still the versions it set out to read
+        batch.check_unchanged(batch.read_keys)
     rows = checked.rows
     report = ValidationReport(
         batch_id=batch_id,
