@@ -34,7 +34,7 @@ from ecom_pipeline.core.layout import (
     reason_history_key,
     result_key,
 )
-from ecom_pipeline.core.planning import replay_execution_name
+from ecom_pipeline.core.planning import batch_label, replay_execution_name
 from ecom_pipeline.core.settings import Settings
 from ecom_pipeline.local import ecs_stand_in
 from ecom_pipeline.local.ecs_stand_in import InProcessRunner, enable_interpreter, local_ecs
@@ -418,6 +418,37 @@ def test_a_crashed_validation_or_a_stale_result_keeps_the_batch_in_incoming(spar
         assert f"The files are in s3://{p.aws.bucket}/{REJECTED}/c3/ with _reason.json" in text
         assert text.endswith("Next: fix the data there, then run: ecom-pipeline replay c3")
         assert _objects(p, f"{REJECTED}/c3/").keys() == _source_files(source).keys() | {REASON_FILE}
+
+
+def test_a_refused_batch_with_a_long_non_ascii_id_is_notified_under_a_bounded_subject(tmp_path):
+    """SNS takes at most 100 ASCII characters of subject: the plan's batch label is what the
+    subject carries, the text and the JSON carry the whole id."""
+    batch_id = "Lieferung-März-" + "x" * 90
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "orders.csv").write_text("order_id\n1\n", encoding="utf-8")
+    (source / "notes.txt").write_text("not a dataset\n", encoding="utf-8")
+    with pipeline(tmp_path) as (p, _):
+        outcome = _run(p, source, batch_id, tmp_path)
+        assert (outcome.status, outcome.error) == ("FAILED", "Intake.Rejected")
+        subject, message = _published(p, outcome.execution_arn)
+        assert subject == f"ecom-pipeline FAILED: batch {batch_label(batch_id)}"
+        assert len(subject) <= 100
+        assert subject.isascii()
+        notice = json.loads(message["sqs"])
+        assert notice["batch_id"] == batch_id
+        assert (notice["unrecognised_count"], notice["unrecognised_files"]) == (
+            1,
+            [f"{INCOMING}/{batch_id}/notes.txt"],
+        )
+        assert message["email"].startswith(
+            f"Batch {batch_id} FAILED at intake: unrecognised files: 1, the first "
+            f"{INCOMING}/{batch_id}/notes.txt; expected products*.csv"
+        )
+        assert outcome.verdict == "rejected"
+        rejected = _objects(p, f"{REJECTED}/{batch_id}/")
+        assert rejected.pop(REASON_FILE)
+        assert rejected == _source_files(source)
 
 
 def test_s3_read_error_fails_notified_and_keeps_every_file(spark, tmp_path):
