@@ -11,10 +11,11 @@ The shape, top to bottom (``docs/state-machine.md`` draws it):
   this execution's, says ``success: false`` and the job exited with ``ExitCode.DATA_REJECTED``;
   anything else (a crash, a stale result) is an error.
 - The KPI job runs when every dataset passed, retried while it exits ``ExitCode.DEPENDENCY``.
-- Every ending (intake refused, rules broken, a job errored, KPIs written) is one Pass state
-  writing ``$.outcome``: the notice, the move of the files (if any), and the error the execution
-  fails with. One tail follows: ``MoveFiles`` settles the files (the only move-batch task),
-  ``PublishNotice`` the only SNS publish, ``Failed`` the only Fail of a batch.
+- Every ending (intake refused, rules broken, a job errored, the KPI job failed, KPIs written)
+  is one Pass state writing ``$.outcome``: the notice and its text, the move of the files (if
+  any), and the error the execution fails with. One tail follows: ``MoveFiles`` settles the
+  files (the only move-batch task), ``ComposeNotice`` and ``PublishNotice`` send the one notice
+  (text for people, JSON for programs), ``Failed`` is the only Fail state.
 
 The file keeps ``${Placeholders}`` that CloudFormation fills through ``DefinitionSubstitutions``
 (and run-local fills the same way). Regenerate with
@@ -709,8 +710,8 @@ def _kpi_states() -> dict[str, dict[str, Any]]:
         "compute-kpis", arguments, "States.Format('compute-kpis-{}', $.batch_id)"
     )
     # On ECS the exit code tells a retryable failure (4) from the rest. A failed EMR job run is
-    # not retried: it goes straight to its ending (a replay re-runs the batch); EMR Serverless
-    # retries nothing itself either.
+    # not retried (the retry loop returns to the ECS task): it goes straight to its ending, and
+    # a replay re-runs the batch.
     kpis["Catch"] = [
         _catch("KpiRetryable", "$.error", ("States.TaskFailed",)),
         _catch("KpiFailed", "$.error"),
