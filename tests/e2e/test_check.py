@@ -17,7 +17,8 @@ import pytest
 from ecom_pipeline.adapters.curated_store import curated_schema
 from ecom_pipeline.cli import CHECK_SPARK_LOG, main
 from ecom_pipeline.core.contract import DATASETS, ExitCode, dataset_of_file
-from ecom_pipeline.core.planning import INTAKE_RULE
+from ecom_pipeline.core.planning import INTAKE_RULE, MAX_LISTED_UNRECOGNISED
+from ecom_pipeline.tasks import check
 from ecom_pipeline.tasks.check import (
     BAD_ROWS_HEADER,
     FolderCheck,
@@ -271,3 +272,12 @@ def test_a_rule_broken_by_many_rows_prints_a_few_and_keeps_the_first_ones(
     assert printed[1] == "  rule 'status allowed' failed on 8 of 8 rows"
     assert len([line for line in printed if line.startswith("    ") and "line" in line]) == 5
     assert printed[-1] == "    and 3 more rows: see the bad-rows file (the first 6)"
+
+
+def test_a_refusal_of_many_unrecognised_files_says_how_many_and_lists_the_first(tmp_path):
+    relatives = {"orders.csv": 10} | {f"notes-{n:04}.txt": 1 for n in range(250)}
+    refusal = check._intake_refusal(tmp_path, relatives)
+    assert refusal is not None
+    assert refusal.message.endswith(f"; 250, the first {MAX_LISTED_UNRECOGNISED}:")
+    assert refusal.files[0] == (tmp_path / "notes-0000.txt").as_posix()
+    assert len(refusal.files) == MAX_LISTED_UNRECOGNISED

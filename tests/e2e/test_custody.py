@@ -36,9 +36,10 @@ from ecom_pipeline.core.layout import (
     incoming_prefix,
     kpi_result_key,
     reason_history_key,
+    result_key,
     run_upload_key,
 )
-from ecom_pipeline.core.planning import replay_execution_name
+from ecom_pipeline.core.planning import batch_label, replay_execution_name
 from ecom_pipeline.core.settings import Settings
 from ecom_pipeline.local import ecs_stand_in
 from ecom_pipeline.local.ecs_stand_in import InProcessRunner, enable_interpreter, local_ecs
@@ -55,12 +56,16 @@ class Killed(BaseException):
 
 
 class PipelineRunner(InProcessRunner):
-    """Runs the jobs for real; can kill the next KPI job mid-write (exit 137, as SIGKILL) and
-    hold tasks at a closed gate (keeping their execution RUNNING) until they are killed."""
+    """Runs the jobs for real; can kill the next KPI job mid-write (exit 137, as SIGKILL), hold
+    tasks at a closed gate (keeping their execution RUNNING) until they are killed, and make
+    validations crash: ``validation_crash_code`` reports that code after the job ran (as a
+    container dying after writing its result), ``validation_dies_with`` without running it."""
 
     def __init__(self) -> None:
         super().__init__(main)
         self.kill_next_kpi_job = False
+        self.validation_crash_code: int | None = None
+        self.validation_dies_with: int | None = None
         self.gate = threading.Event()
         self.gate.set()
         self.held = threading.Event()  # a task is waiting at the closed gate
@@ -70,6 +75,12 @@ class PipelineRunner(InProcessRunner):
             self.held.set()
             self.gate.wait(timeout=120)
             return 137
+        if command[0] == "validate" and self.validation_dies_with is not None:
+            self.calls.append((list(command), dict(environment)))
+            return self.validation_dies_with
+        if command[0] == "validate" and self.validation_crash_code is not None:
+            super().__call__(command, environment)
+            return self.validation_crash_code
         if command[0] != "compute-kpis" or not self.kill_next_kpi_job:
             return super().__call__(command, environment)
         self.kill_next_kpi_job = False
@@ -92,15 +103,16 @@ def pipeline(
     tmp_path: Path, *, lock_wait_s: float | None = None, runner: PipelineRunner | None = None
 ) -> Iterator[tuple[LocalPipeline, PipelineRunner]]:
     runner = runner or PipelineRunner()
-    with LocalAws() as aws, local_ecs(runner):
-        enable_interpreter("127.0.0.1", aws.port)
+    with LocalAws() as aws:
         config = Settings(
             bucket=aws.bucket, aws=aws.settings, topic_arn=aws.topic_arn, work_dir=tmp_path / "w"
         )
         if lock_wait_s is not None:
             config = dataclasses.replace(config, lock_wait_s=lock_wait_s)
-        # the deployed default waits 15 s before each KPI retry; the retries here need not
-        yield LocalPipeline(aws, config, kpi_retry_wait_s=1), runner
+        with local_ecs(runner, emr_environment=config.to_env()):
+            enable_interpreter("127.0.0.1", aws.port)
+            # the deployed default waits 15 s before each KPI retry; the retries here need not
+            yield LocalPipeline(aws, config, kpi_retry_wait_s=1), runner
 
 
 def _run(p: LocalPipeline, folder: Path, batch_id: str, tmp_path: Path):
@@ -147,6 +159,19 @@ def _notice(p: LocalPipeline, batch_id: str) -> dict:
         if isinstance(n["message"], dict) and n["message"].get("batch_id") == batch_id
     ]
     return notices[-1]
+
+
+def _published(p: LocalPipeline, execution_arn: str) -> tuple[str, dict]:
+    """The subject and the message (its body per protocol) the execution published to SNS."""
+    history = p.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)
+    (scheduled,) = [
+        e["taskScheduledEventDetails"]
+        for e in history["events"]
+        if e.get("taskScheduledEventDetails", {}).get("resourceType") == "sns"
+    ]
+    parameters = json.loads(scheduled["parameters"])
+    assert parameters["MessageStructure"] == "json"
+    return parameters["Subject"], json.loads(parameters["Message"])
 
 
 def _tables(p: LocalPipeline, tmp_path: Path) -> tuple[dict, dict]:
@@ -324,6 +349,113 @@ def test_rejected_batch_fixed_in_place_is_replayed_and_refusals_change_nothing(
         assert names == {"r1", "r1-replay-1", "r2"}
 
 
+def _broken_rule_batch(tmp_path: Path, name: str) -> Path:
+    """Orders only, one of them with a status no rule allows."""
+    source = _small_batch(tmp_path, name, seed=9, orders_only=True)
+    (path,) = source.glob("orders/*.csv")
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[1] = lines[1].replace(lines[1].split(",")[2], "lost-in-space", 1)
+    path.write_text("".join(lines), encoding="utf-8")
+    return source
+
+
+def _kept_for_replay(p: LocalPipeline, batch_id: str) -> dict:
+    return {
+        "moved": False,
+        "files": f"s3://{p.aws.bucket}/{INCOMING}/{batch_id}/",
+        "replay": f"ecom-pipeline replay {batch_id}",
+    }
+
+
+def test_a_crashed_validation_or_a_stale_result_keeps_the_batch_in_incoming(spark, tmp_path):
+    """Only a rule failure of this execution (its result says so, the job exited 3) rejects a
+    batch: a job that crashed after writing a failing result, or one that exited 3 leaving an
+    earlier run's result, is an error and the files stay in incoming/ for a replay."""
+    source = _broken_rule_batch(tmp_path, "source")
+    with pipeline(tmp_path) as (p, runner):
+        runner.validation_crash_code = ExitCode.UNEXPECTED
+        outcome = _run(p, source, "c1", tmp_path)
+        assert (outcome.status, outcome.error) == ("FAILED", "Validation.Failed")
+        statuses = {v["dataset"]: v["status"] for v in outcome.notice["validations"]}
+        assert statuses["orders"] == "ERROR"
+        assert outcome.notice["custody"] == _kept_for_replay(p, "c1")
+        assert outcome.verdict == "failed"
+        # the job had written this execution's result, rules broken: the exit code decided
+        result = p.aws.store.get_json(result_key("c1", "orders"))
+        assert result["success"] is False
+        assert result["execution_id"] == outcome.execution_arn
+        assert _objects(p, f"{INCOMING}/c1/") == _source_files(source)
+        assert not _objects(p, f"{REJECTED}/c1/")
+        # people read what happened and what to do; programs get the notice as JSON
+        subject, message = _published(p, outcome.execution_arn)
+        assert subject == "ecom-pipeline FAILED: batch c1"
+        assert json.loads(message["sqs"]) == outcome.notice
+        text = message["email"]
+        assert message["default"] == text
+        assert text.startswith("Batch c1 FAILED at validation: a job failed, no rule was found")
+        assert "products: not in the batch; orders: ERROR States.TaskFailed" in text
+        assert f"The files stay in s3://{p.aws.bucket}/{INCOMING}/c1/." in text
+        assert text.endswith("then run: ecom-pipeline replay c1")
+
+        # an earlier run's result, rules broken, and a job exiting 3 without writing its own
+        runner.validation_crash_code = None
+        runner.validation_dies_with = ExitCode.DATA_REJECTED
+        p.aws.store.put_json(result_key("c2", "orders"), result)
+        outcome = _run(p, source, "c2", tmp_path)
+        assert (outcome.status, outcome.error) == ("FAILED", "Validation.Failed")
+        statuses = {v["dataset"]: v["status"] for v in outcome.notice["validations"]}
+        assert statuses["orders"] == "ERROR"
+        assert outcome.notice["custody"] == _kept_for_replay(p, "c2")
+        assert _objects(p, f"{INCOMING}/c2/") == _source_files(source)
+        assert not _objects(p, f"{REJECTED}/c2/")
+
+        # the same batch, its job exiting 3 after writing its own result: rejected
+        runner.validation_dies_with = None
+        outcome = _run(p, source, "c3", tmp_path)
+        assert outcome.verdict == "rejected"
+        assert outcome.notice["custody"]["moved"] is True
+        _, message = _published(p, outcome.execution_arn)
+        text = message["email"]
+        assert text.startswith("Batch c3 FAILED at validation: rules broken. ")
+        assert "orders: FAILED, 1 of " in text
+        assert "rules broken, the first: " in text
+        assert "lost-in-space" in text
+        assert f"The files are in s3://{p.aws.bucket}/{REJECTED}/c3/ with _reason.json" in text
+        assert text.endswith("Next: fix the data there, then run: ecom-pipeline replay c3")
+        assert _objects(p, f"{REJECTED}/c3/").keys() == _source_files(source).keys() | {REASON_FILE}
+
+
+def test_a_refused_batch_with_a_long_non_ascii_id_is_notified_under_a_bounded_subject(tmp_path):
+    """SNS takes at most 100 ASCII characters of subject: the plan's batch label is what the
+    subject carries, the text and the JSON carry the whole id."""
+    batch_id = "Lieferung-März-" + "x" * 90
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "orders.csv").write_text("order_id\n1\n", encoding="utf-8")
+    (source / "notes.txt").write_text("not a dataset\n", encoding="utf-8")
+    with pipeline(tmp_path) as (p, _):
+        outcome = _run(p, source, batch_id, tmp_path)
+        assert (outcome.status, outcome.error) == ("FAILED", "Intake.Rejected")
+        subject, message = _published(p, outcome.execution_arn)
+        assert subject == f"ecom-pipeline FAILED: batch {batch_label(batch_id)}"
+        assert len(subject) <= 100
+        assert subject.isascii()
+        notice = json.loads(message["sqs"])
+        assert notice["batch_id"] == batch_id
+        assert (notice["unrecognised_count"], notice["unrecognised_files"]) == (
+            1,
+            [f"{INCOMING}/{batch_id}/notes.txt"],
+        )
+        assert message["email"].startswith(
+            f"Batch {batch_id} FAILED at intake: unrecognised files: 1, the first "
+            f"{INCOMING}/{batch_id}/notes.txt; expected products*.csv"
+        )
+        assert outcome.verdict == "rejected"
+        rejected = _objects(p, f"{REJECTED}/{batch_id}/")
+        assert rejected.pop(REASON_FILE)
+        assert rejected == _source_files(source)
+
+
 def test_s3_read_error_fails_notified_and_keeps_every_file(spark, tmp_path):
     source = _small_batch(tmp_path, "source", seed=4, orders_only=True)
     with pipeline(tmp_path) as (p, _):
@@ -358,13 +490,16 @@ def test_s3_error_while_archiving_fails_notified_loses_nothing_and_replay_finish
         notice = outcome.notice
         assert notice["stage"] == "archive"
         assert notice["kpis_written"] is True
-        assert notice["error"]["Error"] == "States.TaskFailed"
+        custody = notice["custody"]
+        assert custody["error"]["Error"] == "States.TaskFailed"
         assert (
             '"Command":["move-batch","--batch-id","a1","--to","archive"]'
-            in (notice["error"]["Cause"])
+            in (custody["error"]["Cause"])
         )
-        assert notice["custody"]["moved"] is False
-        assert notice["custody"]["partly_moved_to"] == f"s3://{p.aws.bucket}/{ARCHIVE}/a1/"
+        assert custody["moved"] is False
+        assert custody["files"] == f"s3://{p.aws.bucket}/{INCOMING}/a1/"
+        assert custody["replay"] == "ecom-pipeline replay a1"
+        assert custody["partly_moved_to"] == f"s3://{p.aws.bucket}/{ARCHIVE}/a1/"
         incoming, archived = _objects(p, f"{INCOMING}/a1/"), _objects(p, f"{ARCHIVE}/a1/")
         assert len(archived) == 1  # the first file moved before S3 failed
         assert not set(incoming) & set(archived)
@@ -372,8 +507,23 @@ def test_s3_error_while_archiving_fails_notified_loses_nothing_and_replay_finish
         expected = _expected([source])
         assert _tables(p, tmp_path) == expected  # the KPIs were written
 
+        subject, message = _published(p, outcome.execution_arn)
+        assert subject == "ecom-pipeline FAILED: batch a1"
+        assert message["email"].startswith(
+            "Batch a1 FAILED at archive: the KPIs are written, but moving its files to "
+        )
+        assert message["email"].endswith("finishes the move")
+
         assert _replay(p, "a1", "--wait") == ExitCode.OK
         assert _notice(p, "a1")["status"] == "SUCCEEDED"
+        subject, message = _published(p, p.execution_arn(replay_execution_name("a1", 1)))
+        assert subject == "ecom-pipeline SUCCEEDED: batch a1"
+        assert message["email"].startswith("Batch a1 SUCCEEDED: KPIs written, dates recomputed: ")
+        assert (
+            "products: not in the batch; orders: passed; order_items: not in the batch."
+            in message["email"]
+        )
+        assert message["email"].endswith(f"{ARCHIVE}/a1/. Nothing to do.")
         assert _objects(p, f"{ARCHIVE}/a1/") == _source_files(source)
         assert not _objects(p, f"{INCOMING}/a1/")
         assert _tables(p, tmp_path) == expected  # the re-run changed no item

@@ -368,6 +368,23 @@ def test_a_batch_of_markers_only_is_refused_with_a_notice(aws, trigger, monkeypa
     assert "holds no dataset file in s3://" in notice["error"]
 
 
+def test_a_refusal_subject_is_ascii_and_bounded_whatever_the_batch_id(aws, trigger, monkeypatch):
+    """SNS refuses a subject with non-ASCII characters or over 100 characters."""
+    topic, sqs, queue = _inbox()
+    monkeypatch.setenv("NOTIFY_TOPIC_ARN", topic)
+    batch_id = "lieferung-äöü-" + "x" * 150
+    aws.put(f"incoming/{batch_id}/_SUCCESS")
+    result = trigger.handler(s3_event(f"incoming/{batch_id}/_SUCCESS"), FakeContext())
+    assert len(result["refused"]) == 1
+    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    subject = json.loads(message["Body"])["Subject"]
+    assert subject.isascii()
+    assert len(subject) <= 100
+    assert subject.startswith("ecom-pipeline FAILED: batch lieferung-???-x")
+    notice = json.loads(json.loads(message["Body"])["Message"])
+    assert notice["batch_id"] == batch_id  # the notice itself keeps the id as it is
+
+
 def test_a_batch_folder_spark_would_read_as_a_pattern_is_refused_with_a_notice(
     aws, trigger, monkeypatch
 ):

@@ -1,12 +1,12 @@
 """The EMR Serverless route of the state machine, checked offline.
 
-moto's Step Functions interpreter cannot run it: it lists ``emr-serverless`` among the optimised
-integrations it does not support and runs none of them with ``.sync``. So the routing decision is
-tested where it is made (the plan, tests/test_lambda_trigger.py), and here the generated
-definition: every job has an EMR twin behind a route Choice with an ECS Default, the twin runs
-the same command line, has TimeoutSeconds, Retry and Catch like the ECS task and leads to the same
-states, and its Parameters, evaluated for a real plan, are a valid StartJobRun request according
-to botocore's ``emr-serverless`` model.
+moto's Step Functions interpreter does not run it (it lists ``emr-serverless`` among the optimised
+integrations it does not support); run-local's stand-in runs the job runs' commands
+(tests/e2e/test_emr_route_local.py). Here the generated definition: every job has an EMR twin
+reached only where the plan's route is EMR, the twin runs the same command line, has
+TimeoutSeconds, Retry and Catch like the ECS task and leads to the same states, and its
+Parameters, evaluated for a real plan, are a valid StartJobRun request according to botocore's
+``emr-serverless`` model.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import pytest
 from botocore.validate import ParamValidator
 
 from ecom_pipeline.adapters.storage import BucketStore, open_store
-from ecom_pipeline.core.contract import DATASET_ORDER
 from ecom_pipeline.core.planning import plan_execution
 from ecom_pipeline.core.settings import ENVIRONMENT, Settings
 from ecom_pipeline.core.tiers import EMR_ROUTE, EMR_TIERS, GIB, TIERS
@@ -37,8 +36,8 @@ def _all_states(definition: dict) -> dict[str, dict]:
     found = {}
     for name, state in definition["States"].items():
         found[name] = state
-        for branch in state.get("Branches", []):
-            found.update(_all_states(branch))
+        if "ItemProcessor" in state:
+            found.update(_all_states(state["ItemProcessor"]))
     return found
 
 
@@ -48,18 +47,33 @@ def states() -> dict[str, dict]:
 
 
 def _job_pairs(states) -> list[tuple[str, str]]:
-    """(ECS task, EMR task) of every job, found through the route Choices."""
+    """(ECS task, EMR task) of every job: the EMR twin is named after the ECS task."""
     pairs = []
     for name, state in states.items():
-        if state["Type"] == "Choice" and name.startswith("Route"):
-            (choice,) = state["Choices"]
-            assert choice == {
-                "Variable": "$.route",
-                "StringEquals": EMR_ROUTE,
-                "Next": choice["Next"],
-            }
-            pairs.append((state["Default"], choice["Next"]))
+        if state.get("Resource") == EMR_RESOURCE:
+            twin = name.removesuffix("OnEmr")
+            assert states[twin]["Resource"] == ECS_RESOURCE
+            pairs.append((twin, name))
     return pairs
+
+
+def _requires_emr_route(rule: dict) -> bool:
+    route = {"Variable": "$.route", "StringEquals": EMR_ROUTE, "Next": rule.get("Next")}
+    return rule == route or {"Variable": "$.route", "StringEquals": EMR_ROUTE} in rule.get(
+        "And", []
+    )
+
+
+EXECUTION_ARN = "arn:aws:states:eu-west-1:123456789012:execution:ecom-kpi:big"
+
+
+def _input_of(emr_task: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """What the task sees: a validation the Map's item (one dataset of the plan), the KPI job
+    the plan; with the execution's context (``$$``)."""
+    data = dict(plan, **{"$$": {"Execution": {"Id": EXECUTION_ARN}}})
+    if emr_task == "ValidateOnEmr":
+        data |= {"dataset": "orders", "present": True, "execution_id": EXECUTION_ARN}
+    return data
 
 
 # --- A tiny evaluator of the two intrinsics the EMR tasks use ------------------------------------
@@ -72,8 +86,10 @@ def _arguments(text: str) -> list[str]:
 def _value(argument: str, data: dict[str, Any]) -> Any:
     if argument.startswith("'"):
         return argument[1:-1]
-    assert argument.startswith("$."), argument
     node: Any = data
+    if argument.startswith("$$."):  # the context object
+        node, argument = data["$$"], argument[1:]
+    assert argument.startswith("$."), argument
     for part in argument[2:].split("."):
         node = node[part]
     return node
@@ -81,7 +97,7 @@ def _value(argument: str, data: dict[str, Any]) -> Any:
 
 def evaluate(expression: str, data: dict[str, Any]) -> Any:
     """``$.path``, ``States.Array(...)`` or ``States.Format('...{}...', ...)`` on ``data``."""
-    if expression.startswith("$."):
+    if expression.startswith(("$.", "$$.")):
         return _value(expression, data)
     function, inner = re.fullmatch(r"(States\.\w+)\((.*)\)", expression, re.S).groups()
     values = [_value(a, data) for a in _arguments(inner)]
@@ -170,17 +186,28 @@ START_JOB_RUN = (
 # --- Tests ---------------------------------------------------------------------------------------
 
 
-def test_every_job_has_an_emr_twin_behind_a_route_choice_defaulting_to_ecs(states):
+def test_every_job_has_an_emr_twin_reached_only_on_the_emr_route(states):
     pairs = _job_pairs(states)
-    expected = [
-        (f"Validate{asl._state_name(d)}", f"Validate{asl._state_name(d)}OnEmr")
-        for d in DATASET_ORDER
-    ]
-    assert sorted(pairs) == sorted([*expected, ("ComputeKpis", "ComputeKpisOnEmr")])
+    assert sorted(pairs) == [("ComputeKpis", "ComputeKpisOnEmr"), ("Validate", "ValidateOnEmr")]
     for ecs_task, emr_task in pairs:
-        assert states[ecs_task]["Resource"] == ECS_RESOURCE
-        assert states[emr_task]["Resource"] == EMR_RESOURCE
-    # nothing reaches an EMR task except its route Choice
+        # the one Choice rule leading to the EMR task requires the EMR route; the same Choice
+        # leads to the ECS task otherwise (its Default, or the same rule without the route)
+        choices = [
+            state
+            for state in states.values()
+            if state["Type"] == "Choice"
+            and emr_task in [c["Next"] for c in state["Choices"]] + [state["Default"]]
+        ]
+        assert len(choices) == 1, emr_task
+        (choice,) = choices
+        assert choice["Default"] != emr_task
+        (rule,) = [c for c in choice["Choices"] if c["Next"] == emr_task]
+        assert _requires_emr_route(rule), emr_task
+        on_ecs = [c for c in choice["Choices"] if c["Next"] == ecs_task]
+        assert choice["Default"] == ecs_task or [
+            {k: v for k, v in c.items() if k != "Next"} for c in on_ecs
+        ] == [{"And": [r for r in rule["And"] if r.get("Variable") != "$.route"]}], ecs_task
+    # nothing else reaches an EMR task: no Next, Default or Catch
     targets = [
         target
         for state in states.values()
@@ -208,10 +235,10 @@ def test_emr_tasks_have_timeout_retry_and_catch_like_the_ecs_tasks(states):
             assert "States.ALL" not in retry["ErrorEquals"]
             assert "States.TaskFailed" not in retry["ErrorEquals"]  # a rejected batch stays so
         # the same outcome handling: result reading, error states, notices, Fail
-        for key in ("ResultSelector", "ResultPath", "Next", "End"):
+        for key in ("ResultSelector", "ResultPath", "OutputPath", "Next", "End"):
             assert emr_task.get(key) == ecs_task.get(key), (emr_name, key)
         # ... except that only an ECS task has an exit code to tell a retryable KPI failure by
-        ecs_catch = [c for c in ecs_task["Catch"] if c["Next"] != "KpiFailureHasCause"]
+        ecs_catch = [c for c in ecs_task["Catch"] if c["Next"] != "KpiRetryable"]
         assert emr_task["Catch"] == ecs_catch, emr_name
         assert emr_task["Catch"]
 
@@ -229,16 +256,16 @@ def test_emr_task_runs_the_same_command_line_as_the_ecs_task(states, big_plan):
         command = states[ecs_name]["Parameters"]["Overrides"]["ContainerOverrides"][0]["Command.$"]
         arguments = states[emr_name]["Parameters"]["JobDriver"]["SparkSubmit"]
         assert arguments["EntryPointArguments.$"] == command
-        assert evaluate(command, big_plan)[:3] in (
-            ["validate", "--batch-id", "big"],
-            ["compute-kpis", "--batch-id", "big"],
+        assert evaluate(command, _input_of(emr_name, big_plan)) in (
+            ["validate", "--batch-id", "big", "--dataset", "orders"],
+            ["compute-kpis", "--batch-id", "big", "--received-at", big_plan["received_at"]],
         )
 
 
 def test_emr_tasks_send_a_valid_start_job_run_request_for_a_big_batch(states, big_plan):
     for _, emr_name in _job_pairs(states):
         parameters = _fill(states[emr_name]["Parameters"])
-        request = to_api_names(resolve(parameters, big_plan))
+        request = to_api_names(resolve(parameters, _input_of(emr_name, big_plan)))
         request["clientToken"] = "token-supplied-by-step-functions"
         report = ParamValidator().validate(request, START_JOB_RUN.input_shape)
         assert not report.has_errors(), (emr_name, report.generate_report())
@@ -261,7 +288,7 @@ def test_the_definition_and_the_request_builder_agree(states, big_plan):
     """The ASL's request is start_job_run_request's for the same values (one source)."""
     for _, emr_name in _job_pairs(states):
         parameters = states[emr_name]["Parameters"]
-        sent = to_api_names(resolve(_fill(parameters), big_plan))
+        sent = to_api_names(resolve(_fill(parameters), _input_of(emr_name, big_plan)))
         job = parameters["Tags"]["job"]
         built = emr.start_job_run_request(
             job=job,
@@ -283,6 +310,7 @@ def test_the_definition_and_the_request_builder_agree(states, big_plan):
             entry_point_arguments=sent["jobDriver"]["sparkSubmit"]["entryPointArguments"],
             tier_spark_parameters=big_plan["tier"]["spark_submit_parameters"],
             name=sent["name"],
+            execution_id=EXECUTION_ARN,
         )
         assert sent == built
 
@@ -313,7 +341,8 @@ def test_emr_job_runs_read_and_write_s3_directly_and_ecs_tasks_stage(states, big
     prefix = "spark.emr-serverless.driverEnv."
     bucket = SAMPLE_VALUES["DataBucket"]
     for ecs_name, emr_name in _job_pairs(states):
-        request = to_api_names(resolve(_fill(states[emr_name]["Parameters"]), big_plan))
+        parameters = _fill(states[emr_name]["Parameters"])
+        request = to_api_names(resolve(parameters, _input_of(emr_name, big_plan)))
         conf = re.findall(
             r"--conf (\S+?)=(\S+)", request["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"]
         )
@@ -322,6 +351,9 @@ def test_emr_job_runs_read_and_write_s3_directly_and_ecs_tasks_stage(states, big
         assert config.direct_io, emr_name
         assert config.data_root == f"s3://{bucket}"
         assert config.bucket == bucket
+        # the run is told apart as the ECS tasks are: by the execution
+        assert config.execution_id == EXECUTION_ARN
+        assert config.run_id == "big"
         store = open_store(config)
         assert isinstance(store, BucketStore)
         assert store.uri("incoming/big/orders.csv") == f"s3://{bucket}/incoming/big/orders.csv"

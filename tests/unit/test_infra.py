@@ -446,32 +446,45 @@ def test_custody_role_settles_incoming_into_archive_and_rejected_only(template):
     assert not [a for a in actions if not a.startswith("s3:")]
 
 
+def _every_state(definition: dict) -> dict[str, dict]:
+    """The states of the definition and those its Map runs for each item."""
+    found = {}
+    for name, state in definition["States"].items():
+        found[name] = state
+        if "ItemProcessor" in state:
+            found |= _every_state(state["ItemProcessor"])
+    return found
+
+
 def test_the_move_tasks_run_under_the_custody_role_and_no_other_task_does(template):
-    states = asl.build_definition()["States"]
-    moves = {n: s for n, s in states.items() if "'move-batch'" in json.dumps(s)}
-    assert moves, "no move-batch task in the state machine"
-    for state in moves.values():
-        assert state["Parameters"]["Overrides"]["TaskRoleArn"] == "${CustodyTaskRoleArn}"
+    states = _every_state(asl.build_definition())
+    # the endings name the move; the one move task runs it
+    named = {n for n, s in states.items() if "'move-batch'" in json.dumps(s)}
+    assert named, "no move-batch command in the state machine"
+    assert {states[n]["Next"] for n in named} == {"MoveFiles"}
+    moves = {
+        n
+        for n, s in states.items()
+        if s.get("Resource", "").startswith("arn:aws:states:::ecs:")
+        and s["Parameters"]["Overrides"]["ContainerOverrides"][0]["Command.$"] == "$.outcome.move"
+    }
+    assert moves == {"MoveFiles"}
     overridden = {
         n
         for n, s in states.items()
         if s.get("Resource", "").startswith("arn:aws:states:::ecs:")
         and s["Parameters"]["Overrides"].get("TaskRoleArn") == "${CustodyTaskRoleArn}"
     }
-    assert overridden == set(moves)
+    assert overridden == moves
     _, machine = the_one(template, "AWS::StepFunctions::StateMachine")
     substitutions = machine["Properties"]["DefinitionSubstitutions"]
     assert substitutions["CustodyTaskRoleArn"] == {"Fn::GetAtt": ["CustodyTaskRole", "Arn"]}
 
 
 def test_the_kpi_task_runs_under_the_kpi_role(template):
-    states = asl.build_definition()["States"]
+    states = _every_state(asl.build_definition())
     assert states["ComputeKpis"]["Parameters"]["Overrides"]["TaskRoleArn"] == "${KpiTaskRoleArn}"
-    branches = states["ValidateDatasets"]["Branches"]
-    for branch in branches:
-        for state in branch["States"].values():
-            if state.get("Resource", "").startswith("arn:aws:states:::ecs:"):
-                assert "TaskRoleArn" not in state["Parameters"]["Overrides"]
+    assert "TaskRoleArn" not in states["Validate"]["Parameters"]["Overrides"]
     _, machine = the_one(template, "AWS::StepFunctions::StateMachine")
     substitutions = machine["Properties"]["DefinitionSubstitutions"]
     assert substitutions["KpiTaskRoleArn"] == {"Fn::GetAtt": ["KpiTaskRole", "Arn"]}
@@ -1075,18 +1088,11 @@ def test_emr_job_runs_share_only_reading_their_artifacts_and_writing_their_logs(
 
 
 def test_the_state_machine_passes_each_emr_run_its_jobs_role(template):
-    states = asl.build_definition()["States"]
-    runs = {}
-    for name, state in states.items():
-        for branch in state.get("Branches", []):
-            states_in_branch = branch["States"]
-            runs |= {n: s for n, s in states_in_branch.items() if n.endswith("OnEmr")}
-        if name.endswith("OnEmr"):
-            runs[name] = state
+    states = _every_state(asl.build_definition())
+    runs = {n: s for n, s in states.items() if n.endswith("OnEmr")}
     roles = {name: state["Parameters"]["ExecutionRoleArn"] for name, state in runs.items()}
-    assert roles.pop("ComputeKpisOnEmr") == "${EmrKpiRoleArn}"
-    assert len(roles) == len(contract.DATASET_ORDER)
-    assert set(roles.values()) == {"${EmrJobRoleArn}"}
+    # the KPI run has its own role; the Map's one validation run, per dataset, the jobs' role
+    assert roles == {"ComputeKpisOnEmr": "${EmrKpiRoleArn}", "ValidateOnEmr": "${EmrJobRoleArn}"}
     _, machine = the_one(template, "AWS::StepFunctions::StateMachine")
     substitutions = machine["Properties"]["DefinitionSubstitutions"]
     assert substitutions["EmrJobRoleArn"] == {"Fn::GetAtt": ["EmrJobRole", "Arn"]}

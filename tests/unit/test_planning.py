@@ -13,8 +13,11 @@ from ecom_pipeline.core.contract import DATASET_ORDER
 from ecom_pipeline.core.planning import (
     DEFAULT_INCOMING_PREFIX,
     KPI_RETRY_WAIT_S,
+    MAX_BATCH_LABEL,
+    MAX_LISTED_UNRECOGNISED,
     EmptyBatchError,
     S3ObjectEvent,
+    batch_label,
     batch_of_marker,
     execution_arn,
     execution_name,
@@ -139,6 +142,7 @@ def test_plan_execution_exact_input():
     plan = plan_execution(BUCKET, "b1", small_batch())
     assert plan == {
         "batch_id": "b1",
+        "batch_label": "b1",
         "bucket": BUCKET,
         "datasets": {
             "products": {"present": False, "bytes": 0, "files": 0},
@@ -149,6 +153,7 @@ def test_plan_execution_exact_input():
         "route": ECS_ROUTE,
         "tier": TIERS[0].as_input(),
         "unrecognised_files": ["incoming/b1/notes.txt", "incoming/b1/products/orders.csv"],
+        "unrecognised_count": 2,
         "received_at": "",
         "kpi_retry_wait_s": KPI_RETRY_WAIT_S,
     }
@@ -193,6 +198,33 @@ def test_plan_execution_refuses_a_batch_of_markers_only():
     # unrecognised files alone are the intake's to refuse, with their names
     plan = plan_execution(BUCKET, "b1", [("incoming/b1/notes.txt", 1)])
     assert plan["unrecognised_files"] == ["incoming/b1/notes.txt"]
+
+
+@pytest.mark.parametrize(
+    ("batch_id", "label"),
+    [
+        ("2025-04-07", "2025-04-07"),
+        ("Lieferung März", "Lieferung M?rz"),
+        ("x" * 61, "x" * 57 + "..."),
+        ("é" * 500, "?" * 57 + "..."),
+    ],
+)
+def test_the_batch_label_is_short_printable_ascii(batch_id, label):
+    assert batch_label(batch_id) == label
+    assert len(label) <= MAX_BATCH_LABEL
+    assert (
+        plan_execution(BUCKET, batch_id, [(f"incoming/{batch_id}/orders.csv", 1)])["batch_label"]
+        == label
+    )
+
+
+def test_the_plan_names_the_first_unrecognised_files_and_counts_them_all():
+    """The execution's input stays small however many stray files a batch holds."""
+    strays = [(f"incoming/b1/notes-{n:05}.txt", 1) for n in range(20_000)]
+    plan = plan_execution(BUCKET, "b1", [("incoming/b1/orders.csv", 9), *strays])
+    assert plan["unrecognised_count"] == 20_000
+    assert plan["unrecognised_files"] == [key for key, _ in strays[:MAX_LISTED_UNRECOGNISED]]
+    assert len(json.dumps(plan)) < 16_000
 
 
 def test_plan_execution_refuses_objects_of_other_batches():

@@ -46,6 +46,7 @@ from ecom_pipeline.core.planning import (
     ManifestError,
     S3ObjectEvent,
     batch_executions,
+    batch_label,
     batch_prefix,
     classify_key,
     execution_arn,
@@ -292,7 +293,7 @@ class Intake:
         }
         self.sns.publish(
             TopicArn=self.settings.topic_arn,
-            Subject=f"ecom-pipeline FAILED: batch {batch_id}"[:SUBJECT_LIMIT],
+            Subject=f"ecom-pipeline FAILED: batch {batch_label(batch_id)}"[:SUBJECT_LIMIT],
             Message=json.dumps(notice),
         )
 

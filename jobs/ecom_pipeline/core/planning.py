@@ -30,6 +30,22 @@ MARKERS = (SUCCESS_MARKER, MANIFEST_MARKER)
 UPLOADED_AT_METADATA = "uploaded-at"
 # The rule a batch breaks when a file's name fits no dataset (it would be silently left out).
 INTAKE_RULE = "file name fits a dataset"
+# How many of a batch's unrecognised files its plan names (it counts them all).
+MAX_LISTED_UNRECOGNISED = 100
+# The longest batch label: with "ecom-pipeline SUCCEEDED: batch " it keeps the notice's subject
+# within SNS's 100 characters.
+MAX_BATCH_LABEL = 60
+
+
+def batch_label(batch_id: str) -> str:
+    """The batch id as an SNS subject can carry it: printable ASCII (any other character
+    becomes ?), at most MAX_BATCH_LABEL characters (a longer id is cut, ending in ...)."""
+    label = "".join(c if " " <= c <= "~" else "?" for c in batch_id)
+    if len(label) > MAX_BATCH_LABEL:
+        label = label[: MAX_BATCH_LABEL - 3] + "..."
+    return label
+
+
 # How long the state machine waits before retrying a KPI task that exited 4 (a lock held too
 # long, throttling that outlasted the job's own retries): the plan carries it, from the
 # trigger's environment.
@@ -304,12 +320,17 @@ def plan_execution(
     route, tier = choose_route(total_bytes)
     return {
         "batch_id": batch_id,
+        # the id in the notices' subjects (the body carries batch_id whole)
+        "batch_label": batch_label(batch_id),
         "bucket": bucket,
         "datasets": datasets,
         "total_bytes": total_bytes,
         "route": route,
         "tier": tier.as_input(),
-        "unrecognised_files": unrecognised,
+        # the execution's input is bounded (Step Functions takes 256 KiB): the first names and
+        # how many there are
+        "unrecognised_files": unrecognised[:MAX_LISTED_UNRECOGNISED],
+        "unrecognised_count": len(unrecognised),
         # when the batch was complete (the marker's event time): the notices' durations start here
         "received_at": received_at or "",
         "kpi_retry_wait_s": kpi_retry_wait_s,

@@ -1,12 +1,19 @@
-"""Run the real state machine locally: moto's Step Functions interpreter plus a small ECS adapter.
+"""Run the real state machine locally: moto's Step Functions interpreter plus small adapters for
+the two job integrations, ECS and EMR Serverless.
 
-moto interprets the ASL (Parallel, Choice, Retry, Catch, sns:publish, aws-sdk:s3) but runs no
-ECS task, and its ``ecs:runTask`` integration passes the ASL's parameter names to boto3 as they
-are (``Cluster`` instead of ``cluster``) and fails. :class:`LocalEcsTask` replaces that one
-integration: it reads the registered task definition, applies the container overrides the state
-machine sends (command and environment), runs the container's command here, and reports the
-task as ECS would: STOPPED with the container's exit code, a non-zero code failing the state
-with ``States.TaskFailed``. Pinned to moto 5.2.5's interpreter classes.
+moto interprets the ASL (Map, Choice, Retry, Catch, sns:publish, aws-sdk:s3) but runs no ECS
+task, and its ``ecs:runTask`` integration passes the ASL's parameter names to boto3 as they are
+(``Cluster`` instead of ``cluster``) and fails. :class:`LocalEcsTask` replaces that integration:
+it reads the registered task definition, applies the container overrides the state machine sends
+(command and environment), runs the container's command here, and reports the task as ECS
+would: STOPPED with the container's exit code, a non-zero code failing the state with
+``States.TaskFailed``.
+
+moto does not run ``emr-serverless:startJobRun.sync`` at all. :class:`LocalEmrJobRun` runs the
+job run's command line (its ``entryPointArguments``, the ``ecom-pipeline`` command that
+``spark_driver.py`` runs on EMR) with the driver's environment from its Spark settings, and
+reports the run as EMR Serverless would: SUCCESS, or FAILED failing the state with
+``States.TaskFailed``. Pinned to moto 5.2.5's interpreter classes.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import http.client
 import json
 import logging
 import os
+import re
+import shlex
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -34,8 +43,14 @@ from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name
     StatesErrorNameType,
 )
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_task_factory
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import (
+    ResourceCondition,
+)
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (  # noqa: E501
     StateTaskServiceAwsSdk,
+)
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (  # noqa: E501
+    StateTaskServiceCallback,
 )
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_ecs import (  # noqa: E501
     StateTaskServiceEcs,
@@ -44,6 +59,8 @@ from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
 
 from ecom_pipeline.core import logs
+from ecom_pipeline.core.settings import ENVIRONMENT
+from ecom_pipeline.pipeline.emr import DRIVER_ENV_PREFIX
 
 
 class TaskRunner(Protocol):
@@ -194,6 +211,120 @@ def run_overridden_task(
     }
 
 
+# What a job run's driver environment holds that cannot apply here: the packed venv's Python
+# (the jobs run in this process) and direct I/O on s3:// (local Spark has no EMRFS: the job
+# stages through the local work dir, as the ECS tasks do).
+_EMR_ONLY = ("PYSPARK_DRIVER_PYTHON", "PYSPARK_PYTHON", ENVIRONMENT["data_root"])
+
+
+# StartJobRun's request members, in Step Functions' names
+_START_JOB_RUN_PARAMETERS = (
+    "ApplicationId",
+    "ClientToken",
+    "ConfigurationOverrides",
+    "ExecutionIamPolicy",
+    "ExecutionRoleArn",
+    "ExecutionTimeoutMinutes",
+    "FlexExecution",
+    "JobDriver",
+    "Mode",
+    "Name",
+    "RetryPolicy",
+    "Tags",
+)
+
+
+def emr_driver_environment(spark_submit_parameters: str) -> dict[str, str]:
+    """The driver's environment a job run's ``sparkSubmitParameters`` set
+    (``--conf spark.emr-serverless.driverEnv.NAME=value``)."""
+    environment = {}
+    for argument in re.findall(r"--conf\s+(\S+)", spark_submit_parameters):
+        key, _, value = argument.partition("=")
+        if key.startswith(DRIVER_ENV_PREFIX):
+            environment[key[len(DRIVER_ENV_PREFIX) :]] = value
+    return environment
+
+
+def run_job_run(
+    parameters: dict[str, Any], runner: TaskRunner, application_environment: Mapping[str, str]
+) -> dict[str, Any]:
+    """Run a StartJobRun request's command (Step Functions' names) with the driver's environment
+    over ``application_environment`` (what this machine's jobs need besides: the emulator's
+    endpoint, the work dir), and describe the ended run as GetJobRun does."""
+    submit = parameters["JobDriver"]["SparkSubmit"]
+    command = [str(argument) for argument in submit.get("EntryPointArguments", [])]
+    driver = emr_driver_environment(submit.get("SparkSubmitParameters", ""))
+    environment = dict(application_environment)
+    environment.update({k: v for k, v in driver.items() if k not in _EMR_ONLY})
+    exit_code = runner(command, environment)
+    # as EMR Serverless words a failed run (the state machine reads the exit code from it)
+    failed = (
+        "Job failed, please check complete logs in configured logging destination. "
+        f"ExitCode: {exit_code}. Last few exceptions: {shlex.join(command)} failed"
+    )
+    return {
+        "ApplicationId": parameters.get("ApplicationId"),
+        "JobRunId": uuid.uuid4().hex[:16],
+        "Name": parameters.get("Name"),
+        "ExecutionRole": parameters.get("ExecutionRoleArn"),
+        "State": "SUCCESS" if exit_code == 0 else "FAILED",
+        "StateDetails": "" if exit_code == 0 else failed,
+        "JobDriver": parameters["JobDriver"],
+    }
+
+
+def _local_emr_class(
+    runner: TaskRunner, application_environment: Mapping[str, str]
+) -> type[StateTaskServiceCallback]:
+    class LocalEmrJobRun(StateTaskServiceCallback):
+        def __init__(self) -> None:
+            # WaitForTaskToken too: moto's callback handling needs its endpoint either way
+            super().__init__(
+                supported_integration_patterns={
+                    ResourceCondition.WaitForTaskToken,
+                    ResourceCondition.Sync,
+                }
+            )
+
+        def _get_supported_parameters(self) -> set[str] | None:
+            # moto accepts a resource only if its integration names parameters for its action
+            if self.resource.api_action.lower() != "startjobrun":
+                return None
+            return set(_START_JOB_RUN_PARAMETERS)
+
+        def _eval_service_task(
+            self,
+            env: Any,
+            resource_runtime_part: Any,
+            normalised_parameters: dict,
+            state_credentials: Any,
+        ) -> None:
+            env.stack.append(run_job_run(normalised_parameters, runner, application_environment))
+
+        def _build_sync_resolver(
+            self,
+            env: Any,
+            resource_runtime_part: Any,
+            normalised_parameters: dict,
+            state_credentials: Any,
+        ) -> Callable[[], Any]:
+            job_run = env.stack.pop()
+
+            def resolve() -> dict[str, Any]:
+                if job_run["State"] != "SUCCESS":
+                    _task_failed(
+                        env,
+                        self._get_sfn_resource(),
+                        self._get_sfn_resource_type(),
+                        json.dumps(job_run, separators=(",", ":")),
+                    )
+                return job_run
+
+            return resolve
+
+    return LocalEmrJobRun
+
+
 class AwsSdkTextBodies(StateTaskServiceAwsSdk):
     """``aws-sdk:s3:getObject`` returns Body as text on AWS; moto 5.2.5 leaves botocore's stream
     in the state output, which no JSONPath or intrinsic can read."""
@@ -218,15 +349,22 @@ class AwsSdkTextBodies(StateTaskServiceAwsSdk):
 
 
 @contextlib.contextmanager
-def local_ecs(runner: TaskRunner) -> Iterator[None]:
-    """While active, every ``arn:aws:states:::ecs:*`` Task is run by ``runner`` (and aws-sdk
-    tasks return text bodies as on AWS)."""
+def local_ecs(
+    runner: TaskRunner, *, emr_environment: Mapping[str, str] | None = None
+) -> Iterator[None]:
+    """While active, every ``arn:aws:states:::ecs:*`` Task is run by ``runner``, and so is every
+    ``emr-serverless`` job run, with ``emr_environment`` under its driver's environment (the
+    deployment's settings a job needs here: ``Settings.to_env()``); aws-sdk tasks return text
+    bodies as on AWS."""
     original = state_task_factory.state_task_service_for
     local_class = _local_ecs_class(runner)
+    emr_class = _local_emr_class(runner, emr_environment or {})
 
     def service_for(service_name: str) -> Any:
         if service_name == "ecs":
             return local_class()
+        if service_name == "emr-serverless":
+            return emr_class()
         if service_name == "aws-sdk":
             return AwsSdkTextBodies()
         return original(service_name=service_name)

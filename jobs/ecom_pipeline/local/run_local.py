@@ -3,10 +3,10 @@
 Everything AWS would run runs here, the same way: each batch folder is uploaded to the emulated
 bucket as ``incoming/<batch_id>/`` with its ``_SUCCESS`` marker last; the S3 event for the marker
 goes to the Lambda handler (``lambda/trigger.py``); the handler starts an execution of the state
-machine in ``stepfunctions/`` in moto's Step Functions interpreter, which runs the Parallel
-validation, Retry/Catch, SNS notices and the KPI task. Only ECS is stood in for: each task's
-container command runs here with the task definition's environment and the overrides the state
-machine sends (see ecs_stand_in.py).
+machine in ``stepfunctions/`` in moto's Step Functions interpreter, which runs the Map of
+validations, Retry/Catch, SNS notices and the KPI task. Only ECS and EMR Serverless are stood in
+for: each task's container command (or job run's command line) runs here with the environment
+the state machine sends (see ecs_stand_in.py).
 """
 
 from __future__ import annotations
@@ -318,8 +318,8 @@ class LocalPipeline:
                 "SecurityGroupId": "sg-local",
                 "NotificationTopicArn": aws.topic_arn,
                 "DataBucket": aws.bucket,
-                # The EMR route (batches above the largest Fargate tier) cannot run here: moto's
-                # interpreter has no emr-serverless .sync integration; local batches are small.
+                # The EMR route (batches above the largest Fargate tier): the stand-in runs its
+                # job runs' commands here (ecs_stand_in.LocalEmrJobRun).
                 "EmrApplicationId": "local-emr-application",
                 "EmrJobRoleArn": "arn:aws:iam::123456789012:role/ecom-pipeline-emr-job",
                 "EmrKpiRoleArn": "arn:aws:iam::123456789012:role/ecom-pipeline-emr-kpi",
@@ -449,7 +449,7 @@ def run_batch(
         _report(progress, notice, folder, batch_id)
         return outcome("NOT_STARTED", notice=notice, error=(notice or {}).get("error"))
     names = [result["started"][0]]
-    # moto's interpreter runs the Parallel branches' tasks one at a time here (one JVM)
+    # moto's interpreter runs the Map's validations one at a time here (one JVM)
     progress(f"  execution {names[0]} started: each dataset validated, then the KPIs")
     while True:
         execution_arn = pipeline.execution_arn(names[-1])
@@ -583,7 +583,7 @@ class _TaskReporter:
         self._progress = progress
         self._log_file = log_file
         self.places: dict[str, Path] = {}  # batch id -> the folder it was uploaded from
-        # The Parallel state's branches call at once, and tasks run here one at a time: a
+        # The Map's validations call at once, and tasks run here one at a time: a
         # task's time starts when it runs, not while it waits for the one before it.
         self._one_at_a_time = threading.Lock()
 
@@ -670,14 +670,14 @@ def run_local(
     clock = time.perf_counter()
     with LocalAws() as aws:
         reporter = _TaskReporter(runner, aws.store, progress, log_file)
-        with local_ecs(reporter):
+        config = Settings(
+            bucket=aws.bucket,
+            aws=aws.settings,
+            topic_arn=aws.topic_arn,
+            work_dir=out_dir / WORK_DIR,
+        )
+        with local_ecs(reporter, emr_environment=config.to_env()):
             enable_interpreter("127.0.0.1", aws.port)
-            config = Settings(
-                bucket=aws.bucket,
-                aws=aws.settings,
-                topic_arn=aws.topic_arn,
-                work_dir=out_dir / WORK_DIR,
-            )
             pipeline = LocalPipeline(aws, config)
             progress(f"emulated AWS ready ({time.perf_counter() - clock:.1f} s)")
             try:

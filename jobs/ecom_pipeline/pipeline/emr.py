@@ -29,6 +29,8 @@ DRIVER_SCRIPT = "spark_driver.py"
 VENV_ARCHIVE = "ecom-pipeline-venv.tar.gz"
 VENV_DIR = "environment"
 LOG_STREAM_PREFIX = "ecom-pipeline"
+# Spark settings with this prefix set the driver's environment variables
+DRIVER_ENV_PREFIX = "spark.emr-serverless.driverEnv."
 # StartJobRun's own limit on a run (the state machine's TimeoutSeconds is the same, plus slack)
 EXECUTION_TIMEOUT_MINUTES = {"validate": 120, "compute-kpis": 240}
 
@@ -39,20 +41,26 @@ def fixed_spark_conf(artifacts_uri: str, environment: Mapping[str, str]) -> dict
     python = f"./{VENV_DIR}/bin/python"
     conf = {
         "spark.archives": f"{artifacts_uri}{VENV_ARCHIVE}#{VENV_DIR}",
-        "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON": python,
-        "spark.emr-serverless.driverEnv.PYSPARK_PYTHON": python,
+        f"{DRIVER_ENV_PREFIX}PYSPARK_DRIVER_PYTHON": python,
+        f"{DRIVER_ENV_PREFIX}PYSPARK_PYTHON": python,
         "spark.executorEnv.PYSPARK_PYTHON": python,
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
-        "spark.emr-serverless.driverEnv.GX_ANALYTICS_ENABLED": "false",
+        f"{DRIVER_ENV_PREFIX}GX_ANALYTICS_ENABLED": "false",
     }
     for name, value in sorted(environment.items()):
-        conf[f"spark.emr-serverless.driverEnv.{name}"] = value
+        conf[f"{DRIVER_ENV_PREFIX}{name}"] = value
     return conf
 
 
 def spark_submit_parameters(conf: Mapping[str, str], tier_parameters: str = "") -> str:
     fixed = " ".join(f"--conf {key}={value}" for key, value in conf.items())
     return f"{fixed} {tier_parameters}".strip()
+
+
+# The execution's id reaches the job's driver as the ECS tasks get it, EXECUTION_ID, so each
+# run's results and staging are its own (settings.run_id). It is the one setting that changes
+# per run: it follows the fixed ones, before the tier's.
+EXECUTION_ID_CONF = f"{DRIVER_ENV_PREFIX}EXECUTION_ID"
 
 
 def job_environment(
@@ -82,12 +90,18 @@ def start_job_run_request(
     entry_point_arguments: Sequence[str],
     tier_spark_parameters: str,
     name: str,
+    execution_id: str | None = None,
 ) -> dict[str, Any]:
     """The StartJobRun request (without ``clientToken``, which Step Functions supplies) of one
     pipeline job: ``job`` is the command (``validate`` or ``compute-kpis``), ``environment``
     what the job reads (:func:`job_environment`), ``tier_spark_parameters`` the tier's
-    (``EmrTier.as_input()["spark_submit_parameters"]``)."""
+    (``EmrTier.as_input()["spark_submit_parameters"]``), ``execution_id`` the Step Functions
+    execution running it."""
     conf = fixed_spark_conf(artifacts_uri, environment)
+    if execution_id is not None:
+        tier_spark_parameters = (
+            f"--conf {EXECUTION_ID_CONF}={execution_id} {tier_spark_parameters}".strip()
+        )
     return {
         "applicationId": application_id,
         "executionRoleArn": execution_role_arn,
@@ -136,12 +150,14 @@ def states_parameters(
     arguments_path: str,
     spark_parameters_path: str,
     name_path: str,
+    execution_id_path: str,
 ) -> dict[str, Any]:
     """The ``Parameters`` of an ``emr-serverless:startJobRun.sync`` task: the request of
     :func:`start_job_run_request` with ``${Placeholders}`` for the deployment's resources and
-    ``.$`` paths for what depends on the execution (arguments, the tier's Spark settings, the
-    run's name). ``placeholders`` has the keyword arguments of :func:`start_job_run_request`
-    that are fixed per deployment, and those of :func:`job_environment`."""
+    ``.$`` paths for what depends on the execution (arguments, the execution's id, the tier's
+    Spark settings, the run's name). ``placeholders`` has the keyword arguments of
+    :func:`start_job_run_request` that are fixed per deployment, and those of
+    :func:`job_environment`."""
     environment = job_environment(
         **{k: placeholders[k] for k in ("bucket", "category_table", "order_table", "region")},
         topic_arn=placeholders["topic_arn"],
@@ -166,5 +182,8 @@ def states_parameters(
     del submit["EntryPointArguments"]
     submit["EntryPointArguments.$"] = arguments_path
     # the tier's settings come last, so they win over nothing fixed (they set different keys)
-    submit["SparkSubmitParameters.$"] = f"States.Format('{fixed} {{}}', {spark_parameters_path})"
+    submit["SparkSubmitParameters.$"] = (
+        f"States.Format('{fixed} --conf {EXECUTION_ID_CONF}={{}} {{}}', "
+        f"{execution_id_path}, {spark_parameters_path})"
+    )
     return parameters

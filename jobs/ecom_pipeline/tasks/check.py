@@ -241,7 +241,10 @@ def _intake_refusal(folder: Path, relatives: Mapping[str, int]) -> IntakeRefusal
         return IntakeRefusal(SIZE_RULE, str(e).replace(f"batch {batch_id!r}", str(folder)))
     unrecognised = [(folder / key[len(prefix) :]).as_posix() for key in plan["unrecognised_files"]]
     if unrecognised:
-        return IntakeRefusal(INTAKE_RULE, UNRECOGNISED_ERROR, tuple(unrecognised))
+        # the plan names the first ones only (the execution's input stays small): say so
+        count = plan["unrecognised_count"]
+        shown = "" if count == len(unrecognised) else f"; {count}, the first {len(unrecognised)}:"
+        return IntakeRefusal(INTAKE_RULE, UNRECOGNISED_ERROR + shown, tuple(unrecognised))
     return None
 
 
