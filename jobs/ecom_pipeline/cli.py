@@ -461,6 +461,8 @@ def _compute_kpis(args: argparse.Namespace) -> int:
 
 
 def _move_batch(args: argparse.Namespace) -> int:
+    from ecom_pipeline.adapters.storage import open_store
+    from ecom_pipeline.read.dashboard import publish_rejection_banner_after_move
     from ecom_pipeline.tasks.custody import move_batch
 
     settings = _settings(args)
@@ -471,6 +473,12 @@ def _move_batch(args: argparse.Namespace) -> int:
         stage=args.stage,
         execution_id=settings.execution_id,
     )
+    if args.destination == "rejected":
+        # the dashboard shows the KPIs of the last successful run: say that this batch, newer
+        # than them, was rejected (this task wrote its reason; no KPI run will see it)
+        result["dashboard"] = publish_rejection_banner_after_move(
+            open_store(settings), args.batch_id
+        )
     print(json.dumps(result))
     return ExitCode.OK
 

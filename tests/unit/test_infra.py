@@ -419,11 +419,20 @@ def test_kpi_role_reaches_only_its_prefixes_tables_and_lock(template):
 def test_custody_role_settles_incoming_into_archive_and_rejected_only(template):
     role = "CustodyTaskRole"
     settled = {layout.ARCHIVE, layout.REJECTED}
+    page = dashboard.DASHBOARD_PREFIX  # a rejection's banner on the published page
     assert _listed(template, role) == {layout.INCOMING, layout.RESULTS} | settled
-    assert _objects(template, role, "s3:GetObject") == {layout.INCOMING, layout.RESULTS} | settled
+    assert _objects(template, role, "s3:GetObject") == (
+        {layout.INCOMING, layout.RESULTS, page} | settled
+    )
     # incoming/ is never written; an original goes only once its copy is verified, and nothing
     # settled is ever deleted
-    assert _objects(template, role, "s3:PutObject") == settled
+    assert _objects(template, role, "s3:PutObject") == settled | {page}
+    (banner,) = [
+        s
+        for s in statements_with_action(template, role, "s3:PutObject")
+        if page in json.dumps(s["Resource"])
+    ]
+    assert banner["Resource"] == {"Fn::Sub": "${DataBucket.Arn}/" + dashboard.DASHBOARD_KEY}
     assert _objects(template, role, "s3:DeleteObject") == {layout.INCOMING}
     actions = {a for s in role_statements(template, role) for a in as_list(s["Action"])}
     assert not [a for a in actions if not a.startswith("s3:")]
