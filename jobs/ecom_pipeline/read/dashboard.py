@@ -1196,7 +1196,10 @@ def publish_rejection_banner(store: Store, batch_id: str) -> str | None:
     rejection = Rejection.from_reason(reason)
     page = store.get_bytes(DASHBOARD_KEY).decode("utf-8")
     updated = page_updated_at(page)
-    if BANNERS_START not in page or (updated is not None and updated > rejection.time):
+    # the reason's time has whole seconds: a page of the same second is not newer
+    if BANNERS_START not in page or (
+        updated is not None and updated.replace(microsecond=0) > rejection.time
+    ):
         return None
     store.put_bytes(
         DASHBOARD_KEY,
