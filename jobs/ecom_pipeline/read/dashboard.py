@@ -612,7 +612,10 @@ def _kpi_chart(
     ticks, label = _axis((v for _, v in daily), kpi.unit)
     body = marks.backdrop(frame, windows=window is not None) + _left_axis(frame, ticks, label)
     body += _x_axis(frame)
-    describe = lambda v: f"{kpi.label} {fmt(v)}"  # noqa: E731
+
+    def describe(value: Decimal) -> str:
+        return f"{kpi.label} {fmt(value)}"
+
     if kpi.unit == "rate":
         body += _line(
             frame,
@@ -699,9 +702,10 @@ def _stacked_chart(frame: Frame, categories: Sequence[Mapping[str, Any]], marks:
     ticks = nice_ticks(max((float(sum(v.values())) for v in by_day.values()), default=0.0))
     width = frame.bar_width()
     parts = []
+    daily_marks = marks.daily()
     for day in sorted(by_day):
         total = sum(by_day[day].values(), Decimal(0))
-        classes, notes = _mark_attributes(marks.daily().get(day, {}))
+        classes, notes = _mark_attributes(daily_marks.get(day, {}))
         base = 0.0
         for name, colour in series:  # the largest category sits on the axis
             value = by_day[day].get(name)
