@@ -469,6 +469,19 @@ def test_the_open_day_is_never_headlined():
     assert "11 Mar 2025, incomplete: 11 Mar 2025 (UTC) is not over yet" in (
         dom.find_all("p", id="headline")[0].text()
     )
+    # only the open day: it is shown, and said to be incomplete
+    alone = parse(
+        _page(
+            orders=_days([5], start=date(2025, 3, 11)),
+            categories=[],
+            generated_at=datetime(2025, 3, 11, 9, tzinfo=UTC),
+        )
+    )
+    assert alone.find_all("div", class_="cards")[0].attrs["data-date"] == "2025-03-11"
+    assert alone.find_all("p", id="headline")[0].text() == (
+        "No complete day yet: the figures are of 11 Mar 2025, incomplete: 11 Mar 2025 (UTC) is "
+        "not over yet."
+    )
 
 
 def test_seven_day_totals_over_the_first_days_of_data_are_marked_short():
