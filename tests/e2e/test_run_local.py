@@ -18,7 +18,14 @@ import pytest
 from test_data_docs_browser import _png_size, _run_chromium, parse
 
 from ecom_pipeline.cli import main
-from ecom_pipeline.core.contract import CATEGORY_TABLE, DATASETS, ORDER_TABLE, ExitCode
+from ecom_pipeline.core.contract import (
+    CATEGORY_KPIS,
+    CATEGORY_TABLE,
+    DATASETS,
+    ORDER_KPIS,
+    ORDER_TABLE,
+    ExitCode,
+)
 from ecom_pipeline.core.settings import Settings
 from ecom_pipeline.core.tiers import TIERS
 from ecom_pipeline.local.ecs_stand_in import InProcessRunner, enable_interpreter, local_ecs
@@ -114,7 +121,7 @@ def test_seed_sample_exports_notice_and_data_docs(seed_run):
 # --- The dashboard of the seed sample, in a real browser ------------------------------------------
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
-SCREENSHOT_SIZE = (1280, 1340)
+SCREENSHOT_SIZE = (1280, 1900)
 
 
 @pytest.fixture(scope="module")
@@ -135,34 +142,30 @@ def _series(dom, tag, series):
 
 
 def test_dashboard_shows_the_worked_example(dashboard):
-    revenue = _series(dashboard, "rect", "revenue")["2025-03-25"]
+    revenue = _series(dashboard, "rect", "total_revenue")["2025-03-25"]
     assert revenue.attrs["data-value"] == "79153.56"
     assert revenue.find_all("title")[0].text() == "25 Mar 2025 — revenue 79,153.56"
-    orders = _series(dashboard, "rect", "orders")["2025-03-25"]
+    orders = _series(dashboard, "rect", "total_orders")["2025-03-25"]
     assert orders.attrs["data-value"] == "342"
     assert orders.find_all("title")[0].text() == "25 Mar 2025 — orders 342"
     rate = _series(dashboard, "circle", "return_rate")["2025-03-25"]
     assert rate.find_all("title")[0].text() == "25 Mar 2025 — return rate 18.42%"
     assert dashboard.find_all("title")[0].text() == "E-commerce KPIs"
     assert dashboard.find_all("strong", id="batch")[0].text() == "seed-sample"
+    assert dashboard.find_all("p", id="updated")[0].text().startswith("Last updated ")
 
 
 def test_dashboard_charts_match_the_reference_everywhere(dashboard):
     reference_categories, reference_orders = _expected([SEED_SAMPLE])
     assert len(reference_orders) == 31
-    for series, tag, name in (
-        ("revenue", "rect", "total_revenue"),
-        ("revenue_7d", "circle", "revenue_7d"),
-        ("orders", "rect", "total_orders"),
-        ("orders_7d", "circle", "orders_7d"),
-        ("return_rate", "circle", "return_rate"),
-    ):
+    for kpi in ORDER_KPIS:  # every order KPI of the contract is drawn, every day
+        tag = "circle" if kpi.unit == "rate" or kpi.window_of else "rect"
         drawn = {
-            d: float(n.attrs["data-value"]) for d, n in _series(dashboard, tag, series).items()
+            d: float(n.attrs["data-value"]) for d, n in _series(dashboard, tag, kpi.name).items()
         }
-        assert drawn == {d: row[name] for d, row in reference_orders.items()}, series
+        assert drawn == {d: row[kpi.name] for d, row in reference_orders.items()}, kpi.name
     # bars stand on one scale: height = value x scale for every day (coordinates: 1 decimal)
-    bars = list(_series(dashboard, "rect", "revenue").values())
+    bars = list(_series(dashboard, "rect", "total_revenue").values())
     tallest = max(bars, key=lambda b: float(b.attrs["data-value"]))
     scale = float(tallest.attrs["height"]) / float(tallest.attrs["data-value"])
     for bar in bars:
@@ -179,13 +182,25 @@ def test_dashboard_charts_match_the_reference_everywhere(dashboard):
     assert len(legend) == 7
 
 
-def test_dashboard_table_is_the_latest_day_ranked_by_revenue(dashboard):
+def test_dashboard_marks_the_last_day_incomplete_and_headlines_the_day_before(dashboard):
     reference_categories, reference_orders = _expected([SEED_SAMPLE])
-    latest = max(reference_orders)
+    # the seed sample ends with a cut day: 1 order on 7 Apr against ~290 a day before
+    assert reference_orders["2025-04-07"]["total_orders"] == 1
+    bars = _series(dashboard, "rect", "total_orders")
+    assert [d for d, bar in bars.items() if "incomplete" in bar.attrs["class"].split()] == [
+        "2025-04-07"
+    ]
+    assert bars["2025-04-07"].find_all("title")[0].text() == (
+        "7 Apr 2025 — orders 1 (incomplete: 1 order against a median of 295 over the 7 "
+        "complete days before)"
+    )
+    headline = dashboard.find_all("p", id="headline")[0]
+    assert headline.text().startswith("The figures are of 6 Apr 2025, the latest complete day.")
+    assert "incomplete" in dashboard.find_all("span", id="incomplete_rule")[0].text()
     table = dashboard.find_all("section", id="latest_categories")[0]
-    assert table.attrs["data-date"] == latest == "2025-04-07"
+    assert table.attrs["data-date"] == "2025-04-06"
     expected = sorted(
-        (row for (_, day), row in reference_categories.items() if day == latest),
+        (row for (_, day), row in reference_categories.items() if day == "2025-04-06"),
         key=lambda row: -row["daily_revenue"],
     )
     rows = table.find_all("tbody")[0].find_all("tr")
@@ -193,16 +208,26 @@ def test_dashboard_table_is_the_latest_day_ranked_by_revenue(dashboard):
     for row, want in zip(rows, expected, strict=True):
         cells = {td.attrs["class"]: td for td in row.find_all("td") if td.attrs.get("class")}
         assert cells["daily_revenue"].text() == f"{Decimal(str(want['daily_revenue'])):,.2f}"
-        assert float(cells["avg_return_rate"].attrs["data-value"]) == want["avg_return_rate"]
-        assert int(cells["order_count"].text()) == want["order_count"]
+        for kpi in CATEGORY_KPIS:  # a column per category KPI of the contract
+            assert float(cells[kpi.name].attrs["data-value"]) == want[kpi.name], kpi.name
     cards = {
-        card.attrs["id"]: card.attrs["data-value"]
+        card.attrs["data-kpi"]: card.attrs["data-value"]
         for card in dashboard.find_all("div", class_="card")
     }
-    day = reference_orders[latest]
-    assert float(cards["card_revenue"]) == day["total_revenue"]
-    assert float(cards["card_revenue_7d"]) == day["revenue_7d"]
-    assert int(cards["card_orders_7d"]) == day["orders_7d"]
+    day = reference_orders["2025-04-06"]
+    assert {name: float(value) for name, value in cards.items()} == {
+        kpi.name: day[kpi.name] for kpi in ORDER_KPIS
+    }
+
+
+def test_dashboard_marks_the_7_day_totals_of_the_first_6_days_short(dashboard):
+    for series in ("revenue_7d", "orders_7d"):
+        points = _series(dashboard, "circle", series)
+        short = [d for d, p in points.items() if "short-window" in p.attrs["class"].split()]
+        assert short == [f"2025-03-{day:02}" for day in range(8, 14)], series
+    assert "the data starts 8 Mar 2025" in (
+        dashboard.find_all("span", id="short_window_rule")[0].text()
+    )
 
 
 def test_dashboard_links_to_the_batch_data_docs_and_loads_nothing_remote(seed_run, dashboard):
@@ -272,19 +297,31 @@ def _pixels_near(counts: Counter, colour: str, tolerance: int = 8) -> int:
     )
 
 
-def test_dashboard_screenshot_shows_the_charts(seed_run, tmp_path):
-    from ecom_pipeline.read.dashboard import ORDERS_COLOUR, PALETTE, RETURNS_COLOUR, REVENUE_COLOUR
-
-    _, out = seed_run
-    shot = tmp_path / "dashboard.png"
+def _screenshot(page: Path, shot: Path) -> bytes:
+    """A SCREENSHOT_SIZE picture of ``page`` in headless Chromium (offline)."""
     width, height = SCREENSHOT_SIZE
     _run_chromium(
         f"--screenshot={shot}",
         f"--window-size={width},{height}",
         "--hide-scrollbars",
-        (out / "dashboard" / "index.html").resolve().as_uri(),
+        page.resolve().as_uri(),
     )
-    data = shot.read_bytes()
+    return shot.read_bytes()
+
+
+def test_dashboard_screenshot_shows_the_charts(seed_run, tmp_path):
+    from ecom_pipeline.read.dashboard import (
+        INCOMPLETE_BAND,
+        ORDERS_COLOUR,
+        PALETTE,
+        RETURNS_COLOUR,
+        REVENUE_COLOUR,
+        SHORT_WINDOW_BAND,
+    )
+
+    _, out = seed_run
+    shot = tmp_path / "dashboard.png"
+    data = _screenshot(out / "dashboard" / "index.html", shot)
     assert len(data) < 300_000, "keep the README's screenshot small"
     size_x, size_y, rows = _png_rgb(data)
     assert (size_x, size_y) == SCREENSHOT_SIZE
@@ -294,6 +331,9 @@ def test_dashboard_screenshot_shows_the_charts(seed_run, tmp_path):
     assert _pixels_near(rows, ORDERS_COLOUR) > 20_000  # order bars (+ a category)
     assert _pixels_near(rows, RETURNS_COLOUR) > 500  # the return-rate line
     assert all(_pixels_near(rows, colour) > 1_000 for colour in PALETTE[:7])  # 7 categories
+    # the incomplete last day's band and the short windows' band behind the first 6 days
+    assert _pixels_near(rows, INCOMPLETE_BAND, tolerance=2) > 10_000
+    assert _pixels_near(rows, SHORT_WINDOW_BAND, tolerance=2) > 10_000
     keep = os.environ.get("DASHBOARD_SCREENSHOT")
     if keep:  # refresh the README's picture: DASHBOARD_SCREENSHOT=docs/dashboard.png pytest ...
         shutil.copyfile(shot, keep)
@@ -443,6 +483,46 @@ def test_failed_batch_changes_nothing_and_later_batches_still_run(spark, tmp_pat
     categories, orders_out = _exported(out)
     assert orders_out == expected_orders
     assert categories == expected_categories
+
+
+def test_dashboard_of_a_generated_sample_shows_a_later_rejection_in_a_banner(spark, tmp_path):
+    source = tmp_path / "source"
+    generate(source, 600, seed=7, days=14, products=40)
+    bad = tmp_path / "bad"
+    orders = _read_rows(source, "orders/*.csv")
+    _write_rows(bad / "orders.csv", "orders", [orders[0] | {"status": "lost-in-space"}])
+    out = tmp_path / "out"
+    code = main(["run-local", str(source), str(bad), "--export", str(out)])
+    assert code == ExitCode.DATA_REJECTED
+    page = out / "dashboard" / "index.html"
+    dom = parse(_run_chromium("--dump-dom", page.resolve().as_uri()))
+
+    # the page is the good batch's KPIs, with the bad batch's rejection on top
+    assert dom.find_all("strong", id="batch")[0].text() == "source"
+    (banner,) = dom.find_all("div", class_="banner")
+    assert banner.attrs["data-batch"] == "bad"
+    assert banner.text().startswith("Batch bad was rejected at validation on ")
+    assert "orders: 1 rule broken (status allowed)" in banner.text()
+    assert "rejected/bad/_reason.json" in banner.text()
+    link = banner.find_all("a")[0].attrs["href"]
+    assert link == "../data_docs/index.html#batch-bad"  # relinked for the export, and there
+    assert (page.parent / link.split("#")[0]).resolve().is_file()
+    reason = json.loads((out / "bucket" / "rejected" / "bad" / "_reason.json").read_text())
+    assert reason["time"][:16].replace("T", " ") in banner.text()
+    # every day of the generated sample is drawn; each 7-day total of its first 6 days is short
+    _, expected_orders = _expected([source])
+    drawn = _series(dom, "rect", "total_orders")
+    assert {d: int(n.attrs["data-value"]) for d, n in drawn.items()} == {
+        d: row["total_orders"] for d, row in expected_orders.items()
+    }
+    short = _series(dom, "circle", "orders_7d")
+    first = min(expected_orders)
+    assert sum("short-window" in p.attrs["class"].split() for p in short.values()) == 6
+    assert "short-window" in short[first].attrs["class"].split()
+    shot = _screenshot(page, tmp_path / "generated-rejected.png")
+    size_x, size_y, rows = _png_rgb(shot)
+    assert (size_x, size_y) == SCREENSHOT_SIZE
+    assert _pixels_near(_colour_counts(rows[:400]), "#ffebe9", tolerance=2) > 20_000  # banner
 
 
 def test_duplicate_event_starts_nothing_and_a_bare_marker_is_refused(spark, tmp_path):

@@ -429,18 +429,29 @@ def test_kpi_role_reaches_only_its_prefixes_tables_and_lock(template):
 def test_custody_role_settles_incoming_into_archive_and_rejected_only(template):
     role = "CustodyTaskRole"
     settled = {layout.ARCHIVE, layout.REJECTED}
+    page = dashboard.DASHBOARD_PREFIX  # a rejection's banner on the published page
     assert _listed(template, role) == {layout.INCOMING, layout.RESULTS} | settled
-    assert _objects(template, role, "s3:GetObject") == {layout.INCOMING, layout.RESULTS} | settled
+    assert _objects(template, role, "s3:GetObject") == (
+        {layout.INCOMING, layout.RESULTS, page} | settled
+    )
     # incoming/ is written only to store a version there again (an upload made during the run,
     # for intake to hear of it); an original goes only once its copy is verified, and nothing
     # settled is ever deleted; results/: the mark that the run has settled its files
-    assert _objects(template, role, "s3:PutObject") == settled | {layout.INCOMING, layout.RESULTS}
+    assert _objects(template, role, "s3:PutObject") == (
+        settled | {layout.INCOMING, layout.RESULTS, page}
+    )
     (marking,) = [
         s
         for s in statements_with_action(template, role, "s3:PutObject")
         if any("results" in r["Fn::Sub"] for r in as_list(s["Resource"]))
     ]
     assert marking["Resource"] == {"Fn::Sub": "${DataBucket.Arn}/results/*/runs/*"}
+    (banner,) = [
+        s
+        for s in statements_with_action(template, role, "s3:PutObject")
+        if page in json.dumps(s["Resource"])
+    ]
+    assert banner["Resource"] == {"Fn::Sub": "${DataBucket.Arn}/" + dashboard.DASHBOARD_KEY}
     assert _objects(template, role, "s3:DeleteObject") == {layout.INCOMING}
     actions = {a for s in role_statements(template, role) for a in as_list(s["Action"])}
     assert not [a for a in actions if not a.startswith("s3:")]

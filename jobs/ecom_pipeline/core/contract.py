@@ -212,32 +212,49 @@ class Kpi:
     name: str
     unit: str  # "money", "count", "rate"
     definition: str
+    label: str  # what people call it: table headers, chart legends, dashboard cards
+    # the daily KPI this one sums over the WINDOW_DAYS days ending each day (None: a daily KPI)
+    window_of: str | None = None
 
 
 CATEGORY_KPIS: tuple[Kpi, ...] = (
-    Kpi("daily_revenue", "money", "Σ sale_price of the category's items"),
-    Kpi("order_count", "count", "distinct orders with an item of the category"),
-    Kpi("avg_order_value", "money", "daily_revenue / order_count"),
+    Kpi("daily_revenue", "money", "Σ sale_price of the category's items", "revenue"),
+    Kpi("order_count", "count", "distinct orders with an item of the category", "orders"),
+    Kpi("avg_order_value", "money", "daily_revenue / order_count", "avg order value"),
     Kpi(
         "avg_return_rate",
         "rate",
         "orders with a returned item of the category / order_count",
+        "return rate",
     ),
-    Kpi("items_sold", "count", "items of the category"),
+    Kpi("items_sold", "count", "items of the category", "items sold"),
 )
 
 ORDER_KPIS: tuple[Kpi, ...] = (
-    Kpi("total_orders", "count", "distinct orders created that day (with or without items yet)"),
-    Kpi("total_revenue", "money", "Σ sale_price of those orders' items"),
-    Kpi("total_items_sold", "count", "items of those orders"),
-    Kpi("unique_customers", "count", "distinct user_id of those orders"),
-    Kpi("return_rate", "rate", "orders whose status is returned / total_orders"),
+    Kpi(
+        "total_orders",
+        "count",
+        "distinct orders created that day (with or without items yet)",
+        "orders",
+    ),
+    Kpi("total_revenue", "money", "Σ sale_price of those orders' items", "revenue"),
+    Kpi("total_items_sold", "count", "items of those orders", "items sold"),
+    Kpi("unique_customers", "count", "distinct user_id of those orders", "customers"),
+    Kpi("return_rate", "rate", "orders whose status is returned / total_orders", "return rate"),
     Kpi(
         "revenue_7d",
         "money",
         "total_revenue of the 7 days ending that day (days without orders count as zero)",
+        f"{WINDOW_DAYS}-day revenue",
+        window_of="total_revenue",
     ),
-    Kpi("orders_7d", "count", "total_orders of the 7 days ending that day"),
+    Kpi(
+        "orders_7d",
+        "count",
+        "total_orders of the 7 days ending that day",
+        f"{WINDOW_DAYS}-day orders",
+        window_of="total_orders",
+    ),
 )
 
 CATEGORY_ITEM_ATTRIBUTES: tuple[str, ...] = CATEGORY_TABLE_KEY + tuple(

@@ -46,6 +46,7 @@ from ecom_pipeline.core.layout import (
 from ecom_pipeline.core.planning import INTAKE_RULE, MARKERS, UPLOADED_AT_METADATA
 from ecom_pipeline.core.settings import Settings
 from ecom_pipeline.core.upload import Upload, UploadedFile, hidden_newer_version
+from ecom_pipeline.read.dashboard import publish_rejection_banner_after_move
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +289,9 @@ def move_batch(
         result = archive_batch(store, batch_id, upload=upload)
     else:
         result = reject_batch(store, batch_id, str(stage), execution_id, upload=upload)
+        # the dashboard shows the KPIs of the last successful run: say that this batch, newer
+        # than them, was rejected (its reason was just written; no KPI run will see it)
+        result["dashboard"] = publish_rejection_banner_after_move(store, batch_id)
     if upload is not None:
         result["announced"] = announce_waiting_upload(store, batch_id, run)
     return result
