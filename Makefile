@@ -10,7 +10,15 @@ CHECKOV_VERSION := 3.3.30
 CHECKOV := $(VENV)/checkov/bin/checkov
 CHECKOV_STAMP := $(VENV)/checkov/.installed-$(CHECKOV_VERSION)
 
-.PHONY: demo test test-fast lint install system-deps clean bench deploy destroy
+# The jobs on the Spark of the EMR Serverless route too (emr-spark-8.0.0 runs Spark 4.0.2): a venv
+# of its own with that pyspark, running the job, KPI and validation tests (docs/deploy.md).
+SPARK40 := 4.0.2
+SPARK40_VENV := $(VENV)/spark40
+SPARK40_STAMP := $(SPARK40_VENV)/.installed-$(SPARK40)
+SPARK40_TESTS := tests/unit/test_kpis.py tests/unit/test_validation_rules.py \
+	tests/unit/test_curated.py tests/integration/test_jobs_cli.py
+
+.PHONY: demo test test-fast test-spark40 lint install system-deps clean bench deploy destroy
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +31,12 @@ $(CHECKOV_STAMP):
 	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
 	touch $(CHECKOV_STAMP)
+
+$(SPARK40_STAMP): setup.cfg pyproject.toml
+	test -x $(SPARK40_VENV)/bin/python || $(PYTHON) -m venv $(SPARK40_VENV)
+	$(SPARK40_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SPARK40_VENV)/bin/python -m pip install --quiet -e '.[dev,bench]' 'pyspark==$(SPARK40)'
+	touch $(SPARK40_STAMP)
 
 install: $(STAMP) $(CHECKOV_STAMP)
 
@@ -51,6 +65,10 @@ test: $(STAMP) $(CHECKOV_STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+	$(MAKE) test-spark40
+
+test-spark40: $(SPARK40_STAMP)
+	$(SPARK40_VENV)/bin/python -m pytest $(SPARK40_TESTS)
 
 # The stack on AWS (docs/deploy.md): its variables come from the environment, e.g.
 #   VPC_ID=vpc-... SUBNET_A=subnet-... SUBNET_B=subnet-... ARTIFACT_BUCKET=... make deploy

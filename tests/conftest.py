@@ -18,6 +18,13 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("SPARK_MASTER", "local[2]")
 
 
+def pytest_report_header() -> str:
+    """Which Spark the run is on: `make test` runs the job tests on two (see the Makefile)."""
+    from importlib.metadata import version
+
+    return f"pyspark {version('pyspark')}"
+
+
 @pytest.fixture(scope="session")
 def spark():
     from ecom_pipeline.adapters.spark import get_spark
@@ -44,3 +51,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         level = Path(item.path).parent.name
         if level in LEVELS:
             item.add_marker(getattr(pytest.mark, level))
+
+
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    """No AWS credentials anywhere: not in the environment, files, a container or EC2."""
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
