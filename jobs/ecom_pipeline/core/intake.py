@@ -145,6 +145,7 @@ class Intake:
         """("started", details), ("duplicate", {"reason": ...}) or ("deferred", {"reason": ...})."""
         arn = self.settings.state_machine_arn
         previous = batch_executions(self.sfn, arn, batch_id)
+        uploaded = None
         if previous:
             last, status = previous[-1]
             started = self.sfn.describe_execution(executionArn=execution_arn(arn, last))[
@@ -189,9 +190,8 @@ class Intake:
                 Bucket=record.bucket, Key=manifest.key, **_version(manifest.version_id)
             )["Body"].read()
             manifest_files = read_manifest(body.decode("utf-8-sig"))
-        marker = self._stored(record.bucket, record.key) if previous else None
         # an upload made during a run and announced again by its custody keeps its own time
-        received_at = ((marker or {}).get("Metadata") or {}).get(UPLOADED_AT_METADATA)
+        received_at = ((uploaded or {}).get("Metadata") or {}).get(UPLOADED_AT_METADATA)
         # looked up on the module, so a test can give the plan other sizes
         plan = planning.plan_execution(
             record.bucket,
