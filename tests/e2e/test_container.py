@@ -405,7 +405,7 @@ def _all_states(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found = {}
     for name, state in definition["States"].items():
         found[name] = state
-        for branch in state.get("Branches", []):
+        for branch in [*state.get("Branches", []), *filter(None, [state.get("ItemProcessor")])]:
             found.update(_all_states(branch))
     return found
 
@@ -459,7 +459,7 @@ def _task_environment(
 
 
 def test_the_state_machines_validate_command_runs_as_the_container_would(dockerfile, tmp_path):
-    override = _container_override("ValidateOrders")
+    override = _container_override("Validate")  # in the Map over the datasets
     image_env = env_of(final_stage(dockerfile))
     # The image has no moto (a dev/local extra): any import of it fails in the job's processes.
     no_moto = tmp_path / "image-site"
@@ -484,9 +484,15 @@ def test_the_state_machines_validate_command_runs_as_the_container_would(dockerf
             plan = planning.plan_execution(aws.bucket, batch, objects)
             assert plan["tier"] == tiers.TIERS[0].as_input()
             assert plan["datasets"]["orders"]["present"] is True
-            command = _states_array(override["Command.$"], plan, {})
+            # the Map's item for orders, as its ItemSelector builds it from the plan
+            selector = _all_states(json.loads(ASL_FILE.read_text(encoding="utf-8")))[
+                "ValidateDatasets"
+            ]["ItemSelector"]
+            assert (selector["batch_id.$"], selector["tier.$"]) == ("$.batch_id", "$.tier")
+            item = {"dataset": "orders", "batch_id": batch, "tier": plan["tier"]}
+            command = _states_array(override["Command.$"], item, {})
             assert command == ["validate", "--batch-id", batch, "--dataset", "orders"]
-            env = _task_environment(aws, plan, override, tmp_path / batch, image_env)
+            env = _task_environment(aws, item, override, tmp_path / batch, image_env)
             env |= {"HOME": str(home), "PYTHONPATH": str(no_moto)}
             assert env["SPARK_DRIVER_MEMORY"] == tiers.TIERS[0].driver_memory
             assert env["SPARK_MASTER"] == tiers.TIERS[0].as_input()["spark_master"]
