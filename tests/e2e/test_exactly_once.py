@@ -397,6 +397,53 @@ def test_two_kpi_runs_at_once_are_serialised_and_lose_nothing(spark, tmp_path):
     assert tables == _expected([whole])
 
 
+# (before the lease section: its module-wide emulator would stay open during run-local's own)
+
+
+def test_run_local_uploads_into_a_batch_again_and_each_upload_applies_only_its_rows(
+    spark, tmp_path
+):
+    """A producer uploads d1, then d2 correcting d1's items and orders, then a fixed orders file
+    into d1 again: d1's second run must apply only that file, not d1's first items again
+    (which would revert d2's corrections)."""
+    first = tmp_path / "d1"
+    generate(first, 30, seed=43, days=4, products=12)
+    second = _corrections(first, tmp_path / "d2", price="7.77", status="Cancelled", shift_days=1)
+    fixed = tmp_path / "d1-fixed"
+    _write_rows(fixed / "orders.csv", "orders", _read_rows(first, "orders/*.csv")[1::4])
+    out = tmp_path / "out"
+    ids = ["--batch-id", "d1", "--batch-id", "d2", "--batch-id", "d1"]
+    code = main(["run-local", str(first), str(second), str(fixed), *ids, "--export", str(out)])
+    assert code == ExitCode.OK
+    categories, orders = _exported(out)
+    assert (categories, orders) == _expected([first, second, fixed])
+    assert (categories, orders) != _expected([first, second, first])  # what a stale re-apply gives
+    notices = [json.loads(line)["message"] for line in (out / "notifications.jsonl").open()]
+    assert [(n["status"], n["execution_id"].rsplit(":", 1)[-1]) for n in notices] == [
+        ("SUCCEEDED", "d1"),
+        ("SUCCEEDED", "d2"),
+        ("SUCCEEDED", "d1-replay-1"),
+    ]
+    # the second upload's own file is what d1's archive holds now; nothing waits in incoming/
+    assert (out / "bucket" / "archive" / "d1" / "orders.csv").read_bytes() == (
+        fixed / "orders.csv"
+    ).read_bytes()
+    assert not (out / "bucket" / "incoming" / "d1").exists()
+
+
+def test_run_local_refuses_batch_ids_that_do_not_fit_the_folders(tmp_path, capsys):
+    folders = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for folder in folders:
+        generate(folder, 5, seed=1, days=1, products=3)
+    out = tmp_path / "out"
+    args = ["run-local", *map(str, folders), "--export", str(out)]
+    assert main([*args, "--batch-id", "x", "--batch-id", "y"]) == ExitCode.USAGE
+    assert "--batch-id given 2 times for 3 folders" in capsys.readouterr().err
+    assert main([*args, "--batch-id", "a*b"]) == ExitCode.USAGE
+    assert "--batch-id: batch id 'a*b'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # --- the lease --------------------------------------------------------------------------------
 
 
@@ -500,47 +547,3 @@ def test_renewal_keeps_the_lease_alive(lock_aws):
     holder.release()
     assert other.try_acquire()
     other.release()
-
-
-def test_run_local_uploads_into_a_batch_again_and_each_upload_applies_only_its_rows(
-    spark, tmp_path
-):
-    """A producer uploads d1, then d2 correcting d1's items and orders, then a fixed orders file
-    into d1 again: d1's second run must apply only that file, not d1's first items again
-    (which would revert d2's corrections)."""
-    first = tmp_path / "d1"
-    generate(first, 30, seed=43, days=4, products=12)
-    second = _corrections(first, tmp_path / "d2", price="7.77", status="Cancelled", shift_days=1)
-    fixed = tmp_path / "d1-fixed"
-    _write_rows(fixed / "orders.csv", "orders", _read_rows(first, "orders/*.csv")[1::4])
-    out = tmp_path / "out"
-    ids = ["--batch-id", "d1", "--batch-id", "d2", "--batch-id", "d1"]
-    code = main(["run-local", str(first), str(second), str(fixed), *ids, "--export", str(out)])
-    assert code == ExitCode.OK
-    categories, orders = _exported(out)
-    assert (categories, orders) == _expected([first, second, fixed])
-    assert (categories, orders) != _expected([first, second, first])  # what a stale re-apply gives
-    notices = [json.loads(line)["message"] for line in (out / "notifications.jsonl").open()]
-    assert [(n["status"], n["execution_id"].rsplit(":", 1)[-1]) for n in notices] == [
-        ("SUCCEEDED", "d1"),
-        ("SUCCEEDED", "d2"),
-        ("SUCCEEDED", "d1-replay-1"),
-    ]
-    # the second upload's own file is what d1's archive holds now; nothing waits in incoming/
-    assert (out / "bucket" / "archive" / "d1" / "orders.csv").read_bytes() == (
-        fixed / "orders.csv"
-    ).read_bytes()
-    assert not (out / "bucket" / "incoming" / "d1").exists()
-
-
-def test_run_local_refuses_batch_ids_that_do_not_fit_the_folders(tmp_path, capsys):
-    folders = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
-    for folder in folders:
-        generate(folder, 5, seed=1, days=1, products=3)
-    out = tmp_path / "out"
-    args = ["run-local", *map(str, folders), "--export", str(out)]
-    assert main([*args, "--batch-id", "x", "--batch-id", "y"]) == ExitCode.USAGE
-    assert "--batch-id given 2 times for 3 folders" in capsys.readouterr().err
-    assert main([*args, "--batch-id", "a*b"]) == ExitCode.USAGE
-    assert "--batch-id: batch id 'a*b'" in capsys.readouterr().err
-    assert not out.exists()

@@ -19,6 +19,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
+from moto.core.config import default_user_config
 
 from ecom_pipeline.core import planning
 from ecom_pipeline.core.planning import (
@@ -134,6 +135,9 @@ class Aws:
 def aws(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.delenv("INCOMING_PREFIX", raising=False)
+    # executions only recorded, never run: a test ends them itself (moto's config is
+    # process-wide, and the end-to-end tests turn its interpreter on)
+    monkeypatch.setitem(default_user_config["stepfunctions"], "execute_state_machine", False)
     with mock_aws():
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket=BUCKET)
