@@ -6,13 +6,12 @@ unusual batches succeed and their files move to archive/<batch>/."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from ecom_pipeline.cli import main
+from corpus_cases import CORPUS, EXPECTED, HOSTILE_CASES, OK_CASES, read_jsonl
 from ecom_pipeline.core.contract import DATASETS, ExitCode
 from ecom_pipeline.core.layout import ARCHIVE, INCOMING, REASON_FILE, REJECTED, rejected_prefix
 from ecom_pipeline.local.run_local import BUCKET_EXPORT
@@ -20,44 +19,20 @@ from ecom_pipeline.tasks.validation import read_checkable
 from ecom_pipeline.transforms.ingest import DataFile, first_invalid_utf8, unreadable_reason
 from reference_kpis import as_json_ready, kpis_from_batches
 
-CORPUS = Path(__file__).resolve().parents[1] / "corpus"
-# case -> what its batch must fail with (stage, dataset, rule, bad-row count, an example the
-# notice shows), or null for a file that is merely unusual and must pass
-EXPECTED: dict[str, dict | None] = json.loads((CORPUS / "expected.json").read_text())
-OK_CASES = sorted(c for c, want in EXPECTED.items() if want is None)
-HOSTILE_CASES = sorted(c for c, want in EXPECTED.items() if want is not None)
-
 
 def _case_files(case: str) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((CORPUS / case).iterdir()) if p.is_file()}
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
 def _exported_tables(out: Path) -> tuple[dict, dict]:
     categories = {
-        (r["category"], r["order_date"]): r for r in _read_jsonl(out / "category_kpis.jsonl")
+        (r["category"], r["order_date"]): r for r in read_jsonl(out / "category_kpis.jsonl")
     }
-    return categories, {r["order_date"]: r for r in _read_jsonl(out / "order_kpis.jsonl")}
-
-
-@pytest.fixture(scope="module")
-def corpus_run(spark, tmp_path_factory):
-    """Every corpus case as one batch of ONE run-local invocation: the valid ones first (so the
-    tables hold KPIs), then every hostile one, each of which must leave them unchanged."""
-    folders = [CORPUS / c for c in OK_CASES + HOSTILE_CASES]
-    out = tmp_path_factory.mktemp("corpus-out")
-    started = time.perf_counter()
-    code = main(["run-local", *map(str, folders), "--export", str(out)])
-    messages = [n["message"] for n in _read_jsonl(out / "notifications.jsonl")]
-    notices = {message["batch_id"]: message for message in messages}
-    return code, out, notices, time.perf_counter() - started
+    return categories, {r["order_date"]: r for r in read_jsonl(out / "order_kpis.jsonl")}
 
 
 def test_corpus_run_fails_exactly_the_hostile_batches(corpus_run):
-    code, _, notices, _ = corpus_run
+    code, notices = corpus_run.code, corpus_run.notices
     assert code == ExitCode.DATA_REJECTED
     assert {case: notice["status"] for case, notice in notices.items()} == {
         case: "FAILED" if EXPECTED[case] else "SUCCEEDED" for case in EXPECTED
@@ -66,7 +41,7 @@ def test_corpus_run_fails_exactly_the_hostile_batches(corpus_run):
 
 @pytest.mark.parametrize("case", HOSTILE_CASES)
 def test_hostile_batch_fails_with_a_notice_naming_file_rule_count_and_example(corpus_run, case):
-    _, _, notices, _ = corpus_run
+    notices = corpus_run.notices
     want = EXPECTED[case]
     notice = notices[case]
     assert notice["stage"] == want["stage"]
@@ -94,7 +69,7 @@ def test_hostile_batch_fails_with_a_notice_naming_file_rule_count_and_example(co
 
 @pytest.mark.parametrize("case", HOSTILE_CASES)
 def test_hostile_batch_files_move_to_rejected_with_their_reason(corpus_run, case):
-    _, out, notices, _ = corpus_run
+    out, notices = corpus_run.out, corpus_run.notices
     want = EXPECTED[case]
     bucket = out / BUCKET_EXPORT
     folder = bucket / REJECTED / case
@@ -130,7 +105,7 @@ def test_hostile_batch_files_move_to_rejected_with_their_reason(corpus_run, case
 
 @pytest.mark.parametrize("case", OK_CASES)
 def test_unusual_but_valid_batch_succeeds_and_is_archived(corpus_run, case):
-    _, out, notices, _ = corpus_run
+    out, notices = corpus_run.out, corpus_run.notices
     notice = notices[case]
     assert notice["status"] == "SUCCEEDED"
     assert all(v["status"] in ("PASSED", "SKIPPED") for v in notice["validations"])
@@ -148,7 +123,7 @@ def test_unusual_but_valid_batch_succeeds_and_is_archived(corpus_run, case):
 def test_hostile_batches_change_no_kpi(corpus_run):
     """The tables equal the reference over the valid batches alone, although every hostile
     batch ran after them with rows on the same dates."""
-    _, out, _, seconds = corpus_run
+    out, seconds = corpus_run.out, corpus_run.seconds
     categories, orders = kpis_from_batches([CORPUS / c for c in OK_CASES])
     exported_categories, exported_orders = _exported_tables(out)
     assert exported_orders == {k: as_json_ready(v) for k, v in orders.items()}

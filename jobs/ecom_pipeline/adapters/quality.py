@@ -6,6 +6,7 @@ the caller uploads the site.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -112,6 +113,7 @@ def run_suite(
     import great_expectations as gx
     from great_expectations.core import ExpectationSuite
     from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.validator.v1_validator import Validator
 
     document = load_suite_document(dataset.name)
     suite = ExpectationSuite(**document)
@@ -135,30 +137,38 @@ def run_suite(
             name=f"{dataset.name}-validation", data=batch_definition, suite=suite
         )
     )
-    # Two passes over the cached frame, sharing one run id (the second result replaces the
-    # first in the store and in the Data Docs). BOOLEAN_ONLY needs only the aggregate metrics,
-    # which GX bundles into a few Spark jobs; SUMMARY adds, for every expectation, jobs that look
-    # for example rows (a full pass each when there are none). Most batches pass, so the
-    # examples are only looked for when a rule failed.
+    # BOOLEAN_ONLY needs only the aggregate metrics, which GX bundles into a few Spark jobs.
+    # Most batches pass and stop there. When a rule failed, a second pass looks for offending
+    # rows of the failed rules only: a detailed (SUMMARY) pass over the whole suite adds jobs
+    # for every rule, a full pass each when it has none. The failed rules' detailed results
+    # then replace their first ones in the stored result, which the Data Docs are rebuilt from.
     run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
     parameters = suite_parameters(dataset, checkable_columns)
-    result = None
-    for result_format in (BOOLEAN_ONLY, failure_format or _summary_format(dataset)):
-        checkpoint = context.checkpoints.add_or_update(
-            gx.Checkpoint(
-                name=f"{dataset.name}-checkpoint",
-                validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="update-data-docs")],
-                result_format=result_format,
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=f"{dataset.name}-checkpoint",
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="update-data-docs")],
+            result_format=BOOLEAN_ONLY,
+        )
+    )
+    result = checkpoint.run(
+        batch_parameters={"dataframe": frame}, expectation_parameters=parameters, run_id=run_id
+    )
+    if not result.success:
+        for key, validation in result.run_results.items():
+            _add_failure_details(
+                validation,
+                suite,
+                Validator(
+                    batch_definition=batch_definition,
+                    result_format=failure_format or _summary_format(dataset),
+                    batch_parameters={"dataframe": frame},
+                ),
+                parameters,
             )
-        )
-        result = checkpoint.run(
-            batch_parameters={"dataframe": frame},
-            expectation_parameters=parameters,
-            run_id=run_id,
-        )
-        if result.success:
-            break
+            context.validation_results_store.set(key, validation)
+        context.build_data_docs()
     failures: list[RuleFailure] = []
     evaluated = 0
     for validation in result.run_results.values():
@@ -178,6 +188,34 @@ def run_suite(
 
 
 BOOLEAN_ONLY: dict[str, Any] = {"result_format": "BOOLEAN_ONLY"}
+
+
+def _add_failure_details(
+    validation: Any, suite: Any, validator: Any, parameters: dict[str, Any]
+) -> None:
+    """Replace, in ``validation``, each failed rule's result by one from ``validator`` (whose
+    result format looks for offending rows), checking the failed rules only."""
+    from great_expectations.core import ExpectationSuite
+
+    failed_ids = {r.expectation_config.id for r in validation.results if not r.success}
+    failed = ExpectationSuite(
+        name=f"{suite.name}-failed",
+        # copies: an expectation belongs to one suite (a copy loses its id, hence _rule_key)
+        expectations=[copy.copy(e) for e in suite.expectations if e.id in failed_ids],
+    )
+    detailed = validator.validate_expectation_suite(failed, parameters).results
+    by_key = {_rule_key(r.expectation_config): r for r in detailed}
+    replaced = [
+        by_key.get(_rule_key(r.expectation_config), r) if not r.success else r
+        for r in validation.results
+    ]
+    if len(by_key) != len(detailed) or sum(r in detailed for r in replaced) != len(failed_ids):
+        raise SuiteError(f"{suite.name}: the failed rules' second pass did not match the first")
+    validation.results = replaced
+
+
+def _rule_key(config: Any) -> tuple[str, str]:
+    return config.type, json.dumps(config.kwargs, sort_keys=True, default=str)
 
 
 def _summary_format(dataset: Dataset) -> dict[str, Any]:

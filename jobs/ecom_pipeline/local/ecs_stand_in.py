@@ -60,6 +60,7 @@ from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
 
 from ecom_pipeline.core import logs
 from ecom_pipeline.core.settings import ENVIRONMENT
+from ecom_pipeline.local.thread_output import redirect_thread_output
 from ecom_pipeline.pipeline.emr import DRIVER_ENV_PREFIX
 
 
@@ -97,12 +98,14 @@ class InProcessRunner:
         with (
             self._lock,
             logs.isolated_context(),
-            contextlib.redirect_stdout(logs.LineLogger(output, "stdout")) as out,
-            contextlib.redirect_stderr(logs.LineLogger(output, "stderr")) as err,
         ):
+            out, err = logs.LineLogger(output, "stdout"), logs.LineLogger(output, "stderr")
             self.calls.append((list(command), dict(environment)))
             try:
-                return self._entry_point(command, environ=dict(environment), configure_logs=False)
+                with redirect_thread_output(out, err):
+                    return self._entry_point(
+                        command, environ=dict(environment), configure_logs=False
+                    )
             finally:
                 out.flush()
                 err.flush()

@@ -52,6 +52,7 @@ from ecom_pipeline.local.ecs_stand_in import (
     local_ecs,
 )
 from ecom_pipeline.local.emulator import EXPORT_FILES, LocalAws
+from ecom_pipeline.local.thread_output import redirect_thread_output
 from ecom_pipeline.pipeline.asl import CONTAINER_NAME, substitute
 from ecom_pipeline.read.dashboard import DASHBOARD_PREFIX, relink_data_docs
 from ecom_pipeline.tasks.check import folder_problem, shown, value_label
@@ -362,7 +363,7 @@ class LocalPipeline:
             KPI_RETRY_WAIT_ENV: str(self.kpi_retry_wait_s),
         }
         output = io.StringIO()
-        with _environment(env), contextlib.redirect_stdout(output):
+        with _environment(env), redirect_thread_output(output):
             trigger._intake.cache_clear()  # clients must point at this emulator
             try:
                 return trigger.handler(event, LambdaContext())
