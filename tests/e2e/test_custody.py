@@ -59,13 +59,15 @@ class PipelineRunner(InProcessRunner):
     """Runs the jobs for real; can kill the next KPI job mid-write (exit 137, as SIGKILL), hold
     tasks at a closed gate (keeping their execution RUNNING) until they are killed, and make
     validations crash: ``validation_crash_code`` reports that code after the job ran (as a
-    container dying after writing its result), ``validation_dies_with`` without running it."""
+    container dying after writing its result), ``validation_dies_with`` without running it;
+    ``kpi_exits_next_with`` makes the next KPI job exit with that code without running."""
 
     def __init__(self) -> None:
         super().__init__(main)
         self.kill_next_kpi_job = False
         self.validation_crash_code: int | None = None
         self.validation_dies_with: int | None = None
+        self.kpi_exits_next_with: int | None = None
         self.gate = threading.Event()
         self.gate.set()
         self.held = threading.Event()  # a task is waiting at the closed gate
@@ -81,6 +83,10 @@ class PipelineRunner(InProcessRunner):
         if command[0] == "validate" and self.validation_crash_code is not None:
             super().__call__(command, environment)
             return self.validation_crash_code
+        if command[0] == "compute-kpis" and self.kpi_exits_next_with is not None:
+            self.calls.append((list(command), dict(environment)))
+            code, self.kpi_exits_next_with = self.kpi_exits_next_with, None
+            return code
         if command[0] != "compute-kpis" or not self.kill_next_kpi_job:
             return super().__call__(command, environment)
         self.kill_next_kpi_job = False

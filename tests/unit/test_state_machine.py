@@ -97,7 +97,7 @@ def test_every_choice_has_a_default():
 
 def test_the_state_machine_is_small_enough_to_review():
     """One Map over the datasets and one tail, not a copy of the states per dataset."""
-    assert len(_states(build_definition())) <= 30
+    assert len(_states(build_definition())) <= 31
 
 
 def test_a_map_validates_each_dataset_of_the_contract_with_the_tier_overrides():
@@ -207,7 +207,10 @@ def test_every_ending_goes_through_the_one_tail():
     assert catches == {"States.TaskFailed": "KpiRetryable", "States.ALL": "KpiFailed"}
     assert states["KpiRetryable"]["Default"] == "KpiFailed"
     assert states["KpiRetryable"]["Choices"][0]["Next"] == "WaitBeforeKpiRetry"
-    assert states["CountKpiAttempt"]["Next"] == "ComputeKpis"
+    # a retry runs where the first attempt ran (the plan's route)
+    assert states["CountKpiAttempt"]["Next"] == "ComputeKpisWhere"
+    assert states["ComputeKpisWhere"]["Default"] == "ComputeKpis"
+    assert [c["Next"] for c in states["ComputeKpisWhere"]["Choices"]] == ["ComputeKpisOnEmr"]
 
 
 def test_every_state_is_reachable():
@@ -309,6 +312,12 @@ def test_the_retry_check_finds_exit_code_4_in_the_stopped_task_only():
     assert not retryable(stopped(14))
     assert not retryable(stopped(137))
     assert not retryable("CannotStartContainerError: exit 4")
+    # a failed EMR job run names its driver's exit code in its stateDetails
+    emr = "Job failed, please check complete logs in configured logging destination. ExitCode: {}."
+    assert retryable(emr.format(4) + " Last few exceptions: ...")
+    assert not retryable(emr.format(1))
+    assert not retryable(emr.format(40))
+    assert not retryable(emr.format(137))
     counting = retryable_rule[1]
     assert counting == {"Variable": "$.run.kpi.attempt", "NumericLessThan": KPI_MAX_ATTEMPTS}
 

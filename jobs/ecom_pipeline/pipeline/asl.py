@@ -10,7 +10,8 @@ The shape, top to bottom (``docs/state-machine.md`` draws it):
   non-zero is judged by its result file and exit code: a rule failure only when the result is
   this execution's, says ``success: false`` and the job exited with ``ExitCode.DATA_REJECTED``;
   anything else (a crash, a stale result) is an error.
-- The KPI job runs when every dataset passed, retried while it exits ``ExitCode.DEPENDENCY``.
+- The KPI job runs when every dataset passed, on the same route, retried while it exits
+  ``ExitCode.DEPENDENCY``.
 - Every ending (intake refused, rules broken, a job errored, the KPI job failed, KPIs written)
   is one Pass state writing ``$.outcome``: the notice and its text, the move of the files (if
   any), and the error the execution fails with. One tail follows: ``MoveFiles`` settles the
@@ -709,26 +710,33 @@ def _kpi_states() -> dict[str, dict[str, Any]]:
     kpis_on_emr = _emr_job_run(
         "compute-kpis", arguments, "States.Format('compute-kpis-{}', $.batch_id)"
     )
-    # On ECS the exit code tells a retryable failure (4) from the rest. A failed EMR job run is
-    # not retried (the retry loop returns to the ECS task): it goes straight to its ending, and
-    # a replay re-runs the batch.
-    kpis["Catch"] = [
-        _catch("KpiRetryable", "$.error", ("States.TaskFailed",)),
-        _catch("KpiFailed", "$.error"),
-    ]
-    kpis_on_emr["Catch"] = [_catch("KpiFailed", "$.error")]
+    # On either route the exit code tells a retryable failure (4) from the rest: the stopped
+    # ECS task's, or the one a failed EMR job run's stateDetails names.
     for task in (kpis, kpis_on_emr):
+        task["Catch"] = [
+            _catch("KpiRetryable", "$.error", ("States.TaskFailed",)),
+            _catch("KpiFailed", "$.error"),
+        ]
         task.update({"ResultPath": None, "Next": "ReadKpiReport"})
     return {
+        # the KPI job runs where the validations did (the plan's route), and so does a retry
+        "ComputeKpisWhere": {
+            "Type": "Choice",
+            "Choices": [
+                {"Variable": "$.route", "StringEquals": EMR_ROUTE, "Next": "ComputeKpisOnEmr"}
+            ],
+            "Default": "ComputeKpis",
+        },
         "ComputeKpis": kpis,
         "ComputeKpisOnEmr": kpis_on_emr,
-        # The container ran and exited non-zero: the Cause is the stopped task as JSON text.
+        # The job ran and exited non-zero: the Cause is the stopped task as JSON text, or the
+        # failed job run's details.
         "KpiRetryable": {
             "Type": "Choice",
             "Choices": [
                 {
                     "And": [
-                        _cause_shows_exit_code(KPI_RETRYABLE_EXIT_CODE),
+                        _cause_shows_exit_code(KPI_RETRYABLE_EXIT_CODE, emr=True),
                         {"Variable": "$.run.kpi.attempt", "NumericLessThan": KPI_MAX_ATTEMPTS},
                     ],
                     "Next": "WaitBeforeKpiRetry",
@@ -746,7 +754,7 @@ def _kpi_states() -> dict[str, dict[str, Any]]:
             "Type": "Pass",
             "Parameters": {"attempt.$": "States.MathAdd($.run.kpi.attempt, 1)"},
             "ResultPath": "$.run.kpi",
-            "Next": "ComputeKpis",
+            "Next": "ComputeKpisWhere",
         },
         "ReadKpiReport": _s3_get_json(
             f"States.Format('{RESULTS}/{{}}/kpis.json', $.batch_id)",
@@ -894,11 +902,7 @@ def build_definition() -> dict[str, Any]:
             "AllDatasetsPassed": {
                 "Type": "Choice",
                 "Choices": [
-                    {
-                        "And": [*passed, {"Variable": "$.route", "StringEquals": EMR_ROUTE}],
-                        "Next": "ComputeKpisOnEmr",
-                    },
-                    {"And": passed, "Next": "ComputeKpis"},
+                    {"And": passed, "Next": "ComputeKpisWhere"},
                     {
                         "Variable": "$.run.validation.failed",
                         "BooleanEquals": True,
