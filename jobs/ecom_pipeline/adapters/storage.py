@@ -25,7 +25,7 @@ from ecom_pipeline.adapters.aws import AwsSettings, make_client
 from ecom_pipeline.core.aws_errors import NOT_FOUND_CODES, error_code
 from ecom_pipeline.core.layout import is_side_file
 from ecom_pipeline.core.settings import Settings, file_root
-from ecom_pipeline.core.upload import UploadedFile, current_versions
+from ecom_pipeline.core.upload import UploadedFile, current_versions, version_argument
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class BucketStore:
         """The object's metadata (ContentLength, ETag, VersionId, ...), or None when there is
         no such key (or version; a delete marker on top counts as no object)."""
         try:
-            return self._s3.head_object(Bucket=self.bucket, Key=key, **_version(version_id))
+            return self._s3.head_object(Bucket=self.bucket, Key=key, **version_argument(version_id))
         except self._s3.exceptions.ClientError as e:
             if error_code(e) in NOT_FOUND_CODES or error_code(e) == "405":
                 return None  # 405: the version asked for is a delete marker
@@ -185,7 +185,7 @@ class BucketStore:
         """Server-side copy within the bucket (of the version ``version_id``, when given);
         boto3's managed copy uses multipart UploadPartCopy for objects above its threshold,
         so objects over 5 GB copy too."""
-        source = {"Bucket": self.bucket, "Key": source_key, **_version(version_id)}
+        source = {"Bucket": self.bucket, "Key": source_key, **version_argument(version_id)}
         self._s3.copy(source, self.bucket, dest_key)
 
     def restore(
@@ -193,7 +193,7 @@ class BucketStore:
     ) -> None:
         """Store the version ``version_id`` of ``key`` again as its current object (a new
         version: nothing is erased, and S3 announces it as a new object), with ``metadata``."""
-        source = {"Bucket": self.bucket, "Key": key, **_version(version_id)}
+        source = {"Bucket": self.bucket, "Key": key, **version_argument(version_id)}
         extra = {"MetadataDirective": "REPLACE", "Metadata": dict(metadata)} if metadata else None
         self._s3.copy(source, self.bucket, key, ExtraArgs=extra)
 
@@ -218,7 +218,9 @@ class BucketStore:
 
     def sha256(self, key: str, *, version_id: str | None = None) -> str:
         digest = hashlib.sha256()
-        body = self._s3.get_object(Bucket=self.bucket, Key=key, **_version(version_id))["Body"]
+        body = self._s3.get_object(Bucket=self.bucket, Key=key, **version_argument(version_id))[
+            "Body"
+        ]
         for chunk in iter(lambda: body.read(1 << 20), b""):
             digest.update(chunk)
         return digest.hexdigest()
@@ -241,7 +243,7 @@ class BucketStore:
         return json.loads(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
     def get_bytes(self, key: str, *, version_id: str | None = None) -> bytes:
-        return self._s3.get_object(Bucket=self.bucket, Key=key, **_version(version_id))[
+        return self._s3.get_object(Bucket=self.bucket, Key=key, **version_argument(version_id))[
             "Body"
         ].read()
 
@@ -423,10 +425,6 @@ class FileStore:
         if not path.is_file():
             raise FileNotFoundError(f"no object {key!r} in {self.uri('')}")
         return path
-
-
-def _version(version_id: str | None) -> dict[str, str]:
-    return {"VersionId": version_id} if version_id else {}
 
 
 def _no_versions(*version_ids: str | None) -> None:

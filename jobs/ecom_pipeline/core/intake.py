@@ -56,7 +56,7 @@ from ecom_pipeline.core.planning import (
 )
 from ecom_pipeline.core.settings import TriggerSettings
 from ecom_pipeline.core.tiers import BatchTooLargeError
-from ecom_pipeline.core.upload import Upload, current_versions
+from ecom_pipeline.core.upload import Upload, current_versions, version_argument
 
 SUBJECT_LIMIT = 100  # SNS subjects hold at most 100 characters
 
@@ -187,7 +187,7 @@ class Intake:
         manifest = next((f for f in files if f.key == folder + MANIFEST_MARKER), None)
         if manifest is not None:
             body = self.s3.get_object(
-                Bucket=record.bucket, Key=manifest.key, **_version(manifest.version_id)
+                Bucket=record.bucket, Key=manifest.key, **version_argument(manifest.version_id)
             )["Body"].read()
             manifest_files = read_manifest(body.decode("utf-8-sig"))
         # an upload made during a run and announced again by its custody keeps its own time
@@ -296,10 +296,6 @@ class Intake:
             Subject=f"ecom-pipeline FAILED: batch {batch_label(batch_id)}"[:SUBJECT_LIMIT],
             Message=json.dumps(notice),
         )
-
-
-def _version(version_id: str | None) -> dict[str, str]:
-    return {"VersionId": version_id} if version_id else {}
 
 
 def _now() -> str:

@@ -21,6 +21,11 @@ from typing import Any
 UNVERSIONED = "null"
 
 
+def version_argument(version_id: str | None) -> dict[str, str]:
+    """The ``VersionId`` keyword of an S3 call on one version, or none for the current one."""
+    return {"VersionId": version_id} if version_id else {}
+
+
 @dataclass(frozen=True)
 class UploadedFile:
     """One object of the upload: its key, size, ETag and version id (None: no versioning)."""
