@@ -18,6 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ecom_pipeline.core import logs
 from ecom_pipeline.core.contract import DATASETS, ExitCode
+from ecom_pipeline.core.layout import NOTICES_EXPORT_FILE
 from ecom_pipeline.core.planning import batch_id_problem
 from ecom_pipeline.core.settings import (
     AwsSettings,
@@ -68,7 +69,7 @@ def _add_aws_arguments(parser: argparse.ArgumentParser) -> None:
 
 PACKAGE = "ecom-kpi-pipeline"
 # The commands people run, listed first in --help; the container entry points come after.
-USER_COMMANDS = ("demo", "run-local", "check", "kpis", "generate", "replay", "rebuild")
+USER_COMMANDS = ("demo", "run-local", "check", "kpis", "generate", "replay", "runs", "rebuild")
 CONTAINER_COMMANDS = ("validate", "compute-kpis", "move-batch")
 
 
@@ -286,6 +287,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_arguments(replay)
     replay.add_argument("--wait", action="store_true", help="wait for the execution to end")
     replay.add_argument("--timeout", type=float, default=3 * 3600, help="seconds, with --wait")
+
+    runs = _command(
+        commands,
+        "runs",
+        help="the batches' runs, newest first: status, stage, duration, rows, next step",
+        description=(
+            "List the pipeline's runs, newest first, each from the notice it published: when the "
+            "batch arrived, its run (the batch id, or <batch>-replay-<n>), SUCCEEDED, FAILED or "
+            "RUNNING, where a failed run stopped (a running one: the state it is in), seconds, "
+            "rows accepted, and the next step or where the files are. From AWS (the state "
+            "machine's executions) or a run-local/demo export. Exit codes: 0 runs printed, 2 bad "
+            "arguments or no AWS credentials, 3 no runs, 4 AWS unreachable or failing."
+        ),
+        examples="""
+  ecom-pipeline runs --from-export demo-out
+  ecom-pipeline runs --state-machine-arn arn:aws:states:...:ecom-pipeline --last 50
+  ecom-pipeline runs --batch 2025-04-07 --format json""",
+        parents=[_verbose_parser("JSON logs on stderr")],
+    )
+    runs.add_argument(
+        "--last", type=_positive_int, default=20, metavar="N", help="the N newest (default: 20)"
+    )
+    runs.add_argument("--batch", metavar="BATCH_ID", help="only this batch's runs")
+    runs.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    runs.add_argument(
+        "--from-export",
+        type=Path,
+        metavar="OUT",
+        help="read a run-local/demo export folder instead of AWS",
+    )
+    runs.add_argument(
+        "--state-machine-arn", help="the pipeline's state machine (default: $STATE_MACHINE_ARN)"
+    )
+    runs.add_argument(
+        "--endpoint-url", help="AWS endpoint, e.g. an emulator (default: $AWS_ENDPOINT_URL)"
+    )
+    runs.add_argument("--region", help="AWS region (default: $AWS_REGION or us-east-1)")
 
     rebuild = _command(
         commands,
@@ -573,6 +611,49 @@ def _replay(args: argparse.Namespace) -> int:
     return ExitCode.OK if described["status"] == "SUCCEEDED" else ExitCode.DATA_REJECTED
 
 
+def _runs(args: argparse.Namespace) -> int:
+    from ecom_pipeline.read import runs as history
+    from ecom_pipeline.read.query import render
+
+    if args.from_export is not None:
+        if args.state_machine_arn or args.endpoint_url or args.region:
+            raise ConfigError(
+                "runs: --from-export reads a local folder: drop --state-machine-arn, "
+                "--endpoint-url and --region"
+            )
+        try:
+            found = history.runs_from_export(args.from_export)
+        except history.RunsError as e:
+            raise ConfigError(f"runs: {e}") from None
+        records = history.select(found, batch=args.batch, last=args.last)
+    else:
+        from ecom_pipeline.adapters.aws import make_client
+
+        try:
+            trigger = TriggerSettings.from_env(
+                args.environ, state_machine_arn=args.state_machine_arn
+            )
+        except ConfigError as e:
+            raise ConfigError(
+                f"runs: {e} (--state-machine-arn: the stack output StateMachineArn; or "
+                "--from-export OUT for a local run)"
+            ) from None
+        aws = _aws_settings(args)
+        _require_credentials(aws, "runs")
+        records = history.runs_from_executions(
+            make_client(aws, "stepfunctions"),
+            trigger.state_machine_arn,
+            last=args.last,
+            batch=args.batch,
+        )
+    if not records:
+        which = f" of batch {args.batch}" if args.batch else ""
+        print(f"no runs{which} found", file=sys.stderr)
+        return ExitCode.DATA_REJECTED
+    print(render([r.as_dict() for r in records], history.COLUMNS, args.format))
+    return ExitCode.OK
+
+
 def _generate(args: argparse.Namespace) -> int:
     from ecom_pipeline.local.generator import generate
 
@@ -723,7 +804,9 @@ def _print_summary(summary: RunSummary, spark_log: Path | None) -> None:
             for table, count in summary.exported.items()
         )
     )
-    print(f"Notices: {out / 'notifications.jsonl'}")
+    print(
+        f"Notices: {out / NOTICES_EXPORT_FILE} (the runs: ecom-pipeline runs --from-export {out})"
+    )
     docs = out / "data_docs" / "index.html"
     if docs.is_file():
         print(f"Data Docs: open {docs}")
@@ -897,6 +980,7 @@ HANDLERS = {
     "run-local": _run_local,
     "check": _check,
     "kpis": _kpis,
+    "runs": _runs,
     "generate": _generate,
     "replay": _replay,
     "rebuild": _rebuild,

@@ -141,6 +141,22 @@ def _replay(p: LocalPipeline, batch_id: str, *extra: str) -> int:
     )
 
 
+def _runs(p: LocalPipeline, *extra: str) -> int:
+    """`ecom-pipeline runs` against the emulator, as JSON."""
+    return main(
+        [
+            "runs",
+            "--state-machine-arn",
+            p.state_machine_arn,
+            "--endpoint-url",
+            p.aws.endpoint_url,
+            "--format",
+            "json",
+            *extra,
+        ]
+    )
+
+
 def _objects(p: LocalPipeline, prefix: str) -> dict[str, bytes]:
     """relative key -> bytes of everything under prefix."""
     s3 = p.aws.client("s3")
@@ -220,7 +236,9 @@ def _small_batch(tmp_path: Path, name: str, seed: int, *, orders_only: bool = Fa
     return folder
 
 
-def test_killed_kpi_job_fails_notified_keeps_the_batch_and_replay_converges(spark, tmp_path):
+def test_killed_kpi_job_fails_notified_keeps_the_batch_and_replay_converges(
+    spark, tmp_path, capsys
+):
     source = _small_batch(tmp_path, "source", seed=6)
     with pipeline(tmp_path) as (p, runner):
         runner.kill_next_kpi_job = True
@@ -255,6 +273,20 @@ def test_killed_kpi_job_fails_notified_keeps_the_batch_and_replay_converges(spar
         assert _replay(p, "k1") == ExitCode.USAGE
         executions = p.sfn.list_executions(stateMachineArn=p.state_machine_arn)["executions"]
         assert sorted(e["name"] for e in executions) == ["k1", "k1-replay-1"]
+        # the batch's history, read back from the executions: the replay first, then the kill
+        capsys.readouterr()
+        assert _runs(p, "--batch", "k1") == ExitCode.OK
+        replayed, killed = json.loads(capsys.readouterr().out)
+        assert (replayed["run"], replayed["status"], replayed["stage"]) == (
+            "k1-replay-1",
+            "SUCCEEDED",
+            "",
+        )
+        assert replayed["next"] == f"s3://{p.aws.bucket}/{ARCHIVE}/k1/"
+        assert (killed["run"], killed["status"], killed["stage"]) == ("k1", "FAILED", "kpis")
+        assert killed["started"]
+        assert killed["seconds"] > 0
+        assert killed["next"] == "fix the cause, then: ecom-pipeline replay k1"
 
 
 def test_kpi_task_exiting_4_is_retried_to_its_limit_and_an_unreadable_cause_still_notifies(

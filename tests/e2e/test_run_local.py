@@ -118,6 +118,21 @@ def test_seed_sample_exports_notice_and_data_docs(seed_run):
         assert (out / "data_docs" / "seed-sample" / dataset / "index.html").is_file()
 
 
+def test_runs_lists_the_exports_run(seed_run, capsys):
+    _, out = seed_run
+    assert main(["runs", "--from-export", str(out), "--format", "json"]) == ExitCode.OK
+    (run,) = json.loads(capsys.readouterr().out)
+    assert (run["batch"], run["run"], run["status"], run["stage"]) == (
+        "seed-sample",
+        "seed-sample",
+        "SUCCEEDED",
+        "",
+    )
+    assert run["rows"] == 10000 + 9000 + 27007
+    assert run["seconds"] > 0
+    assert run["next"] == "s3://ecom-pipeline-local/archive/seed-sample/"
+
+
 # --- The dashboard of the seed sample, in a real browser ------------------------------------------
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"

@@ -105,3 +105,8 @@ def reason_history_key(batch_id: str, execution_name: str) -> str:
 
 def data_docs_prefix(batch_id: str, dataset: str) -> str:
     return f"{DATA_DOCS}/{batch_id}/{dataset}/"
+
+
+# A run-local or demo export folder: every notice the runs published, a JSON object a line
+# ({"subject": ..., "message": <the notice>}), read back by `ecom-pipeline runs --from-export`.
+NOTICES_EXPORT_FILE = "notifications.jsonl"

@@ -37,6 +37,7 @@ from ecom_pipeline.core.layout import (
     ARCHIVE,
     DATA_DOCS,
     INCOMING,
+    NOTICES_EXPORT_FILE,
     REJECTED,
     incoming_prefix,
     kpi_result_key,
@@ -696,7 +697,7 @@ def run_local(
             finally:
                 clock = time.perf_counter()
                 summary.exported = aws.export_tables(out_dir)
-                aws.export_notifications(out_dir / "notifications.jsonl")
+                aws.export_notifications(out_dir / NOTICES_EXPORT_FILE)
                 docs = out_dir / DATA_DOCS_EXPORT
                 shutil.rmtree(docs, ignore_errors=True)
                 aws.store.download_prefix(DATA_DOCS, docs)

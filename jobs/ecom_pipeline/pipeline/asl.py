@@ -340,6 +340,10 @@ def _notice(status: str, stage: str | None, **fields: Any) -> dict[str, Any]:
     return notice | {
         "batch_id.$": "$.batch_id",
         "execution_id.$": "$$.Execution.Id",
+        # when the batch's marker arrived, and when the run reached its ending: the runs
+        # command's start time and, for a failed run, its duration
+        "received_at.$": "$.received_at",
+        "ended_at.$": "$$.State.EnteredTime",
         **fields,
     }
 
@@ -521,7 +525,6 @@ def _endings() -> dict[str, dict[str, Any]]:
                 "SUCCEEDED",
                 None,
                 **{
-                    "received_at.$": "$.received_at",
                     "rows_accepted.$": "$.kpis.result.rows_accepted",
                     "dates_recomputed.$": "$.kpis.result.dates_recomputed",
                     "duration_s.$": "$.kpis.result.batch_duration_s",
