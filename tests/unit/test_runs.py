@@ -102,6 +102,18 @@ def test_runs_from_an_export_are_its_notices(tmp_path):
     assert [(r.run, r.status) for r in runs] == [("b2", "FAILED"), ("b1", "SUCCEEDED")]
 
 
+def _execution(name, status, started, stopped=None):
+    """A list_executions entry."""
+    entry = {
+        "executionArn": _execution_arn(name),
+        "stateMachineArn": ARN,
+        "name": name,
+        "status": status,
+        "startDate": started,
+    }
+    return entry | ({"stopDate": stopped} if stopped else {})
+
+
 def _history(*events):
     return {
         "events": [
@@ -126,29 +138,9 @@ def test_runs_from_executions_read_each_notice_back_and_show_a_running_ones_stat
     sfn = boto3.client("stepfunctions", region_name="us-east-1")
     started = datetime(2025, 4, 10, 6, 0, tzinfo=UTC)
     executions = [
-        {
-            "executionArn": _execution_arn("b4"),
-            "stateMachineArn": ARN,
-            "name": "b4",
-            "status": "RUNNING",
-            "startDate": started,
-        },
-        {
-            "executionArn": _execution_arn("b3"),
-            "stateMachineArn": ARN,
-            "name": "b3",
-            "status": "FAILED",
-            "startDate": started,
-            "stopDate": started + timedelta(seconds=42),
-        },
-        {
-            "executionArn": _execution_arn("b1"),
-            "stateMachineArn": ARN,
-            "name": "b1",
-            "status": "SUCCEEDED",
-            "startDate": started,
-            "stopDate": started,
-        },
+        _execution("b4", "RUNNING", started),
+        _execution("b3", "FAILED", started, started + timedelta(seconds=42)),
+        _execution("b1", "SUCCEEDED", started, started),
     ]
     untimed = {k: v for k, v in KILLED.items() if k not in ("received_at", "duration_s")}
     with Stubber(sfn) as stub:
@@ -212,14 +204,7 @@ def test_runs_from_executions_read_each_notice_back_and_show_a_running_ones_stat
 def test_runs_from_executions_stop_at_the_last_n():
     sfn = boto3.client("stepfunctions", region_name="us-east-1")
     started = datetime(2025, 4, 10, 6, 0, tzinfo=UTC)
-    execution = {
-        "executionArn": _execution_arn("b1"),
-        "stateMachineArn": ARN,
-        "name": "b1",
-        "status": "SUCCEEDED",
-        "startDate": started,
-        "stopDate": started,
-    }
+    execution = _execution("b1", "SUCCEEDED", started, started)
     with Stubber(sfn) as stub:
         stub.add_response(
             "list_executions", {"executions": [execution, execution]}, {"stateMachineArn": ARN}
