@@ -257,3 +257,24 @@ def test_runs_command_refuses_a_last_below_1(capsys):
         main(["runs", "--last", "0"])
     assert exited.value.code == ExitCode.USAGE
     assert "argument --last: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_runs_of_one_batch_read_no_other_batchs_history():
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    started = datetime(2025, 4, 10, 6, 0, tzinfo=UTC)
+    names = ["b10", "b1-replay-2", "b2-replay-1", "b1x", "b1"]
+    replayed = SUCCEEDED | {"execution_id": _execution_arn("b1-replay-2")}
+    with Stubber(sfn) as stub:
+        stub.add_response(
+            "list_executions",
+            {"executions": [_execution(n, "SUCCEEDED", started, started) for n in names]},
+        )
+        # only the two of b1 are read (a history call for another would find no response)
+        for notice in (replayed, SUCCEEDED):
+            stub.add_response(
+                "get_execution_history",
+                _history(_exited(NOTICE_STATE, {"outcome": {"notice": notice}})),
+            )
+        runs = runs_from_executions(sfn, ARN, last=20, batch="b1")
+        stub.assert_no_pending_responses()
+    assert [r.run for r in runs] == ["b1-replay-2", "b1"]

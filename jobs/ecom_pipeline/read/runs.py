@@ -14,6 +14,7 @@ Turning notices into rows is pure; :func:`runs_from_executions` is the thin I/O 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -21,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ecom_pipeline.core.layout import NOTICES_EXPORT_FILE
+from ecom_pipeline.core.planning import execution_name, replay_execution_name
 
 COLUMNS = ("started", "batch", "run", "status", "stage", "seconds", "rows", "next")
 # the state that composes the notice; its output holds it at $.outcome.notice
 NOTICE_STATE = "ComposeNotice"
+REPLAY_NAME = re.compile(r".+-replay-([0-9]+)")
 
 
 class RunsError(ValueError):
@@ -144,12 +147,22 @@ def runs_from_executions(
     pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=state_machine_arn)
     for page in pages:
         for execution in page["executions"]:
+            if batch is not None and not _named_for(execution["name"], batch):
+                continue  # another batch's: its history is not read
             record = _record_of_execution(sfn, execution)
             if batch is None or record.batch == batch:
                 records.append(record)
             if len(records) == last:
                 return records
     return records
+
+
+def _named_for(name: str, batch: str) -> bool:
+    """Whether an execution name is one the batch's runs get (its first, a replay's)."""
+    replay = REPLAY_NAME.fullmatch(name)
+    if replay is not None:
+        return name == replay_execution_name(batch, int(replay.group(1)))
+    return name == execution_name(batch)
 
 
 def _record_of_execution(sfn: Any, execution: Mapping[str, Any]) -> RunRecord:
