@@ -9,17 +9,11 @@ CDN assets never leave the machine and cannot stall the test.
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
-import subprocess
-import tempfile
-import zlib
-from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
+from browser_pages import chromium, dump_dom, parse, png_pixels_bytes, png_size, run_chromium
 from ecom_pipeline.cli import main
 from ecom_pipeline.core.contract import ExitCode
 from ecom_pipeline.core.layout import incoming_prefix, result_key
@@ -33,81 +27,6 @@ from ecom_pipeline.read.docs_index import (
 )
 
 BUCKET = "bkt"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_TIMEOUT_S = 120
-
-
-# --- A small DOM, from the standard library's parser --------------------------------------------
-
-_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
-
-
-class Node:
-    def __init__(self, tag: str, attrs: dict[str, str | None], parent: Node | None) -> None:
-        self.tag = tag
-        self.attrs = attrs
-        self.parent = parent
-        self.children: list[Node | str] = []
-
-    def text(self) -> str:
-        parts = [c if isinstance(c, str) else c.text() for c in self.children]
-        return re.sub(r"\s+", " ", " ".join(parts)).strip()
-
-    def iter(self):
-        yield self
-        for child in self.children:
-            if isinstance(child, Node):
-                yield from child.iter()
-
-    def find_all(self, tag: str, **attrs: str) -> list[Node]:
-        found = []
-        for node in self.iter():
-            if node.tag != tag:
-                continue
-            if all(
-                (value in (node.attrs.get(name.rstrip("_")) or "").split())
-                if name.rstrip("_") == "class"
-                else node.attrs.get(name.replace("_", "-")) == value
-                for name, value in attrs.items()
-            ):
-                found.append(node)
-        return found
-
-    def has_class(self, name: str) -> bool:
-        return name in (self.attrs.get("class") or "").split()
-
-
-class _TreeBuilder(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.root = Node("#document", {}, None)
-        self.current = self.root
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        node = Node(tag, dict(attrs), self.current)
-        self.current.children.append(node)
-        if tag not in _VOID:
-            self.current = node
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.current.children.append(Node(tag, dict(attrs), self.current))
-
-    def handle_endtag(self, tag: str) -> None:
-        node: Node | None = self.current
-        while node is not None and node.tag != tag:
-            node = node.parent
-        if node is not None and node.parent is not None:
-            self.current = node.parent
-
-    def handle_data(self, data: str) -> None:
-        self.current.children.append(data)
-
-
-def parse(document: str) -> Node:
-    builder = _TreeBuilder()
-    builder.feed(document)
-    builder.close()
-    return builder.root
 
 
 # --- Unit tests of the page ---------------------------------------------------------------------
@@ -308,76 +227,10 @@ PASSING_BATCH = "2025-03-01-products"
 FAILING_BATCH = "2025-03-02-orders"
 
 
-def _chromium() -> str:
-    if Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK):
-        return CHROMIUM
-    message = f"{CHROMIUM} not found (apt-get install chromium; .ci/run installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _run_chromium(*args: str) -> str:
-    """Run headless Chromium with a fresh profile, offline; returns its stdout."""
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        command = [
-            _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            # Every host name fails at once: the GX pages' CDN assets are never fetched.
-            "--host-resolver-rules=MAP * ~NOTFOUND",
-            f"--user-data-dir={profile}",
-            *args,
-        ]
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            out, err = process.communicate(timeout=CHROMIUM_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # its own session: only what it started
-            process.communicate()
-            pytest.fail(f"chromium did not finish within {CHROMIUM_TIMEOUT_S} s: {command}")
-    assert process.returncode == 0, err.decode(errors="replace")[-2000:]
-    return out.decode("utf-8")
-
-
-def _dump_dom(page: Path) -> Node:
-    return parse(_run_chromium("--dump-dom", page.resolve().as_uri()))
-
-
-def _png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    assert data[12:16] == b"IHDR"
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
-def _png_pixels_bytes(data: bytes) -> bytes:
-    """The PNG's decompressed image data (filter bytes included)."""
-    chunks, position = [], 8
-    while position < len(data):
-        length = int.from_bytes(data[position : position + 4], "big")
-        kind = data[position + 4 : position + 8]
-        if kind == b"IDAT":
-            chunks.append(data[position + 8 : position + 8 + length])
-        position += 12 + length
-    return zlib.decompress(b"".join(chunks))
-
-
 @pytest.fixture(scope="module")
 def published(spark, tmp_path_factory):
     """Two batches validated through the command; ``data-docs/`` downloaded from the bucket."""
-    _chromium()  # skip (or fail on CI) before spending a minute on validations
+    chromium()  # skip (or fail on CI) before spending a minute on validations
     work = tmp_path_factory.mktemp("work")
     with LocalAws() as aws:
         s3 = aws.client("s3")
@@ -417,7 +270,7 @@ def test_validate_publishes_the_index_next_to_the_gx_sites(published):
 
 def test_browser_shows_index_and_follows_link_to_the_failed_expectation(published, tmp_path):
     dest = published["dest"]
-    index = _dump_dom(dest / "index.html")
+    index = dump_dom(dest / "index.html")
     assert index.find_all("title")[0].text() == TITLE
     # both batches, the newest validation first
     sections = index.find_all("section", class_="batch")
@@ -448,7 +301,7 @@ def test_browser_shows_index_and_follows_link_to_the_failed_expectation(publishe
     assert href == expected
     validation_page = dest / href
 
-    gx = _dump_dom(validation_page)
+    gx = dump_dom(validation_page)
     rows = [tr for tr in gx.find_all("tr") if "values must belong to this set" in tr.text().lower()]
     assert rows, "the status value set expectation is not on the page"
     failed = [tr for tr in rows if "lost-in-space" in tr.text()]
@@ -458,12 +311,12 @@ def test_browser_shows_index_and_follows_link_to_the_failed_expectation(publishe
     assert any(i.has_class("text-danger") for i in failed[-1].find_all("i"))  # the failed mark
 
     screenshot = tmp_path / "validation.png"
-    _run_chromium(
+    run_chromium(
         f"--screenshot={screenshot}", "--window-size=1280,2000", validation_page.resolve().as_uri()
     )
     data = screenshot.read_bytes()
-    assert _png_size(data) == (1280, 2000)
-    pixels = _png_pixels_bytes(data)
+    assert png_size(data) == (1280, 2000)
+    pixels = png_pixels_bytes(data)
     assert len(set(pixels)) > 16, "the screenshot is blank"
     assert len(data) > 20_000
     keep = os.environ.get("DATA_DOCS_SCREENSHOT")

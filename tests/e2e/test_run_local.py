@@ -15,8 +15,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from test_data_docs_browser import _png_size, _run_chromium, parse
 
+from browser_pages import parse, png_size, run_chromium
 from ecom_pipeline.cli import main
 from ecom_pipeline.core.contract import (
     CATEGORY_KPIS,
@@ -145,7 +145,7 @@ def dashboard(seed_run):
     _, out = seed_run
     page = out / "dashboard" / "index.html"
     assert page.is_file(), "run-local did not export the dashboard"
-    return parse(_run_chromium("--dump-dom", page.resolve().as_uri()))
+    return parse(run_chromium("--dump-dom", page.resolve().as_uri()))
 
 
 def _series(dom, tag, series):
@@ -262,7 +262,7 @@ def test_dashboard_links_to_the_batch_data_docs_and_loads_nothing_remote(seed_ru
 
 def _png_rgb(data: bytes) -> tuple[int, int, list[bytes]]:
     """Width, height and unfiltered RGB(A) rows of an 8-bit truecolour PNG."""
-    width, height = _png_size(data)
+    width, height = png_size(data)
     depth, colour = data[24], data[25]
     assert depth == 8
     assert colour in (2, 6)
@@ -315,7 +315,7 @@ def _pixels_near(counts: Counter, colour: str, tolerance: int = 8) -> int:
 def _screenshot(page: Path, shot: Path) -> bytes:
     """A SCREENSHOT_SIZE picture of ``page`` in headless Chromium (offline)."""
     width, height = SCREENSHOT_SIZE
-    _run_chromium(
+    run_chromium(
         f"--screenshot={shot}",
         f"--window-size={width},{height}",
         "--hide-scrollbars",
@@ -354,7 +354,7 @@ def test_dashboard_screenshot_shows_the_charts(seed_run, tmp_path):
         shutil.copyfile(shot, keep)
     # the picture the README shows is such a screenshot
     committed = SCREENSHOT.read_bytes()
-    assert _png_size(committed) == SCREENSHOT_SIZE
+    assert png_size(committed) == SCREENSHOT_SIZE
     assert len(committed) < 300_000
 
 
@@ -510,7 +510,7 @@ def test_dashboard_of_a_generated_sample_shows_a_later_rejection_in_a_banner(spa
     code = main(["run-local", str(source), str(bad), "--export", str(out)])
     assert code == ExitCode.DATA_REJECTED
     page = out / "dashboard" / "index.html"
-    dom = parse(_run_chromium("--dump-dom", page.resolve().as_uri()))
+    dom = parse(run_chromium("--dump-dom", page.resolve().as_uri()))
 
     # the page is the good batch's KPIs, with the bad batch's rejection on top
     assert dom.find_all("strong", id="batch")[0].text() == "source"

@@ -10,8 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal as D
 
 import pytest
-from test_data_docs_browser import parse
 
+from browser_pages import parse
 from ecom_pipeline.adapters.dynamo import to_dynamo_item
 from ecom_pipeline.adapters.storage import FileStore
 from ecom_pipeline.core.contract import (

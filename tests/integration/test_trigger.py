@@ -493,6 +493,26 @@ def test_an_upload_while_the_batch_runs_waits_for_the_run_and_then_runs_next(aws
     assert trigger.handler(event, FakeContext())["duplicates"] == ["b1"]
 
 
+def test_a_marker_stored_in_the_second_its_run_began_is_a_new_upload(aws, trigger):
+    """S3's LastModified has whole seconds, so a marker stored just after its batch's run began
+    can look older than the run. The run's upload names the marker version it took: any other
+    version is an upload the run does not take, set aside for the next run (not a repeat)."""
+    aws.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    upload_batch(aws, "b1", BATCH_FILES)
+    time.sleep(1 - time.time() % 1)  # at a second's start: the run and the next upload share it
+    aws.put("incoming/b1/_SUCCESS")
+    event = s3_event("incoming/b1/_SUCCESS")
+    assert trigger.handler(event, FakeContext())["started"] == ["b1"]
+    started = aws.sfn.describe_execution(executionArn=execution_arn(aws.state_machine_arn, "b1"))[
+        "startDate"
+    ]
+    aws.put("incoming/b1/orders/orders_part3.csv", "o")
+    aws.put("incoming/b1/_SUCCESS")
+    stored = aws.s3.head_object(Bucket=BUCKET, Key="incoming/b1/_SUCCESS")["LastModified"]
+    assert stored <= started  # what the times alone would call the run's own marker
+    assert trigger.handler(event, FakeContext())["deferred"] == ["b1"]
+
+
 def test_too_large_batch_is_logged_and_raised(aws, trigger, monkeypatch, capsys):
     monkeypatch.delenv("NOTIFY_TOPIC_ARN", raising=False)  # nobody to tell: the invocation fails
     upload_batch(aws, "b1", BATCH_FILES)

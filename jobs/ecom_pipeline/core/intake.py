@@ -4,9 +4,11 @@ Each execution is named after its batch (``planning.execution_name``), so the ru
 starts once however often its marker event arrives. Step Functions answers a repeated
 StartExecution with the same name and input *while the first is running* with success (it is
 idempotent), so intake first asks whether the execution exists; ExecutionAlreadyExists
-covers the execution having finished or the plan having changed. A marker stored *after* the
-batch's last execution began is a new upload of the batch, not a repeated event: it starts the
-next replay execution (``<name>-replay-<n>``, as ``ecom-pipeline replay`` names them).
+covers the execution having finished or the plan having changed. A marker version the batch's
+last execution did not take (its upload lists the versions it took; in an unversioned bucket, a
+marker stored after the execution began) is a new upload of the batch, not a repeated event: it
+starts the next replay execution (``<name>-replay-<n>``, as ``ecom-pipeline replay`` names
+them).
 
 Each run takes exactly the file versions intake listed when it planned the run (stored as the
 run's upload, ``core.upload``). A marker stored while an execution of the batch is *running* is
@@ -56,7 +58,7 @@ from ecom_pipeline.core.planning import (
 )
 from ecom_pipeline.core.settings import TriggerSettings
 from ecom_pipeline.core.tiers import BatchTooLargeError
-from ecom_pipeline.core.upload import Upload, current_versions, version_argument
+from ecom_pipeline.core.upload import UNVERSIONED, Upload, current_versions, version_argument
 
 SUBJECT_LIMIT = 100  # SNS subjects hold at most 100 characters
 
@@ -152,7 +154,7 @@ class Intake:
                 "startDate"
             ]
             uploaded = self._stored(record.bucket, record.key)
-            if uploaded is None or uploaded["LastModified"] <= started:
+            if uploaded is None or self._taken_by(record, batch_id, last, started, uploaded):
                 # the event of the marker that started it, delivered again (or the marker has
                 # been settled into archive/ or rejected/ since)
                 return "duplicate", {"reason": f"execution {last} exists ({status})"}
@@ -235,6 +237,29 @@ class Intake:
             "files": len(files),
         }
 
+    def _taken_by(
+        self,
+        record: S3ObjectEvent,
+        batch_id: str,
+        run: str,
+        started: datetime,
+        marker: dict[str, Any],
+    ) -> bool:
+        """Whether the stored marker (its HeadObject answer) is the one ``run`` took.
+
+        In a versioned bucket the run's upload names the marker version it took. Otherwise
+        only the times tell, and S3 gives LastModified in whole seconds: a marker stored in the
+        second the run started counts as the run's own.
+        """
+        version = marker.get("VersionId")
+        taken = self._stored_json(record.bucket, run_upload_key(batch_id, run))
+        if taken is not None and version not in (None, UNVERSIONED):
+            return any(
+                f.key == record.key and f.version_id == version
+                for f in Upload.from_document(taken).files
+            )
+        return marker["LastModified"] <= started
+
     def _remember_event_time(
         self, record: S3ObjectEvent, batch_id: str, run: str, marker: dict[str, Any]
     ) -> None:
@@ -263,6 +288,15 @@ class Intake:
                     f"{self.settings.end_wait_s} s: the event is retried"
                 )
             time.sleep(1)
+
+    def _stored_json(self, bucket: str, key: str) -> Any | None:
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as error:
+            if error_code(error) in NOT_FOUND_CODES:
+                return None
+            raise
+        return json.loads(body)
 
     def _stored(self, bucket: str, key: str) -> dict[str, Any] | None:
         """The object's HeadObject answer (LastModified, Metadata), or None when it is gone."""

@@ -293,22 +293,25 @@ def move_batch(
         # than them, was rejected (its reason was just written; no KPI run will see it)
         result["dashboard"] = publish_rejection_banner_after_move(store, batch_id)
     if upload is not None:
-        result["announced"] = announce_waiting_upload(store, batch_id, run)
+        result["announced"] = announce_waiting_upload(store, upload)
     return result
 
 
-def announce_waiting_upload(store: Store, batch_id: str, run: str) -> list[str]:
+def announce_waiting_upload(store: Store, upload: Upload) -> list[str]:
     """After the run's own files are settled: a marker still in incoming/<batch>/ is an upload
     made during the run, whose event intake set aside while the run was going on. Store each
     such marker again (a copy onto itself): its new event reaches intake, which starts the
     batch's next run once this one has ended. The copy keeps when the marker was first stored
     (``UPLOADED_AT_METADATA``: the event time intake kept, else the stored time): the next
-    run's rows carry that time, not the announcement's.
+    run's rows carry that time, not the announcement's. A marker the run did not take was stored
+    after the run listed its files, so that time is never earlier than the listing: a stored time
+    in whole seconds must not put the newer upload's rows behind the run's own.
 
     Only S3 is called: the tasks' network may reach nothing else (see the template's VPC
     endpoints). The settled mark is written before looking, so intake leaves a marker that lands
     after the look to the run's end as well (core/intake.py). Returns the markers stored again.
     """
+    batch_id, run = upload.batch_id, upload.run
     store.put_json(
         run_settled_key(batch_id, run), {"run": run, "time": datetime.now(UTC).isoformat()}
     )
@@ -328,6 +331,7 @@ def announce_waiting_upload(store: Store, batch_id: str, run: str) -> list[str]:
             or (deferred or {}).get("event_time")
             or marker.stored_at
         )
+        uploaded_at = _not_before(uploaded_at, upload.listed_at)
         store.restore(marker.key, marker.version_id, metadata={UPLOADED_AT_METADATA: uploaded_at})
         announced.append(marker.key)
     if announced:
@@ -338,3 +342,11 @@ def announce_waiting_upload(store: Store, batch_id: str, run: str) -> list[str]:
             extra={"event": "next_run_announced", "markers": announced},
         )
     return announced
+
+
+def _not_before(moment: str, earliest: str) -> str:
+    """``moment``, or ``earliest`` when that is later (both ISO 8601; an empty one is unknown)."""
+    if not moment or not earliest:
+        return moment or earliest
+    parsed, bound = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (moment, earliest))
+    return earliest if bound > parsed else moment
